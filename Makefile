@@ -1,0 +1,32 @@
+# Myriad: `make demo` runs the pipeline on the embedded planet; `make test` runs the suite.
+# Both create .venv and install the pinned CPU environment first (idempotent).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints-cpu.txt
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" setuptools wheel
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/myriad demo configs/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Torch modules only (no I/O): SFNO, Spherical DYffusion, and their registry."""
