@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/myriad demo configs/quickstart.yaml
+	$(BIN)/myriad run configs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,151 @@
+"""The ``myriad`` command line (typer + rich).
+
+Every command that runs a stage takes a CONFIG file plus repeatable
+``--set section.key=value`` overrides, validates the config before any work,
+and runs the stage through its Prefect flow so that every run shows up in
+Prefect. Errors a user can cause print one message and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from pipeline.config import MyriadConfig, load_config
+from pipeline.errors import MyriadError
+
+# Our library loggers also go to the Prefect API (visible in the UI per run).
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+
+app = typer.Typer(
+    name="myriad",
+    help="Myriad: weather and climate ensembles from reanalysis to diagnostics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML), e.g. configs/quickstart.yaml.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value, e.g. --set time.end=2001-01-01 (repeatable)."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _DropUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task with its traceback; for our user errors the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, MyriadError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    user_filter = _DropUserErrorTracebacks()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(user_filter)
+
+
+def user_errors(func: F) -> F:
+    """Turn MyriadError into one red line on stderr and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MyriadError as exc:
+            console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: Path, overrides: list[str] | None) -> MyriadConfig:
+    return load_config(config, overrides or [])
+
+
+def _prefect_ready() -> None:
+    """Import Prefect (which sets up its logging), then silence user-error tracebacks."""
+    import prefect  # noqa: F401
+
+    _quiet_user_error_tracebacks()
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[dim]No PREFECT_API_URL set: Prefect starts a temporary local server for this run "
+            "(about 15 s). Start `prefect server start` and export PREFECT_API_URL to keep runs.[/dim]"
+        )
+
+
+@app.command()
+@user_errors
+def ingest(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Ingest the configured source into <run_dir>/analysis.zarr, then compute stats.nc."""
+    _load(config, set_)
+    _prefect_ready()
+    from flows.ingest import ingest_flow
+
+    outputs = ingest_flow(str(config), set_ or [])
+    console.print(f"analysis store: {outputs['analysis']}\nstatistics:     {outputs['statistics']}")
+
+
+@app.command()
+@user_errors
+def stats(config: ConfigArg, set_: SetOpt = None) -> None:
+    """(Re)compute <run_dir>/stats.nc from a complete analysis store."""
+    _load(config, set_)
+    _prefect_ready()
+    from flows.ingest import statistics_flow
+
+    outputs = statistics_flow(str(config), set_ or [])
+    console.print(f"statistics: {outputs['statistics']}")
+
+
+@app.command()
+@user_errors
+def run(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run the whole pipeline on CONFIG (the main job); prints where the outputs are."""
+    cfg = _load(config, set_)
+    _prefect_ready()
+    from flows.end_to_end import end_to_end_flow
+
+    outputs = end_to_end_flow(str(config), set_ or [])
+    console.print("[bold green]done.[/bold green] Outputs:")
+    for stage, path in outputs.items():
+        console.print(f"  {stage:<12} {path}")
+    console.print("Open them with xarray:")
+    console.print(f'  import xarray as xr\n  analysis = xr.open_zarr("{cfg.analysis_path}")\n'
+                  f'  stats = xr.open_dataset("{cfg.stats_path}")', highlight=False)
+
+
+@app.command()
+@user_errors
+def inspect(path: Annotated[Path, typer.Argument(help="A Myriad store (analysis.zarr) or stats.nc.")]) -> None:
+    """Summarise a store: channels, grid, time span and step, completeness, statistics."""
+    from pipeline.data.inspect import render_summary
+
+    Console().print(render_summary(path))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()
