@@ -34,7 +34,7 @@ class VariableInfo:
 
 _VARIABLES: tuple[VariableInfo, ...] = (
     # pressure-level variables
-    VariableInfo("z", "geopotential", "m2 s-2", "geopotential", "geopotential", True),
+    VariableInfo("z", "geopotential", "m2 s-2", "geopotential", "geopotential", True, aliases=("gh",)),
     VariableInfo("t", "air temperature", "K", "air_temperature", "temperature", True),
     VariableInfo("u", "eastward wind", "m s-1", "eastward_wind", "u_component_of_wind", True),
     VariableInfo("v", "northward wind", "m s-1", "northward_wind", "v_component_of_wind", True),
