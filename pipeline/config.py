@@ -20,17 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.config_base import StrictModel
 from pipeline.data.channels import STATIC_CODES, parse_channel
+from pipeline.ensemble.config import EnsembleConfig
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
-
-
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from pipeline.training.config import ModelConfig, TrainingConfig
 
 
 # --------------------------------------------------------------------------- sources
@@ -69,6 +66,8 @@ class ArcoSourceConfig(StrictModel):
     """Keep every k-th row/column after area-averaging (1 = native 0.25 deg, 4 = 1 deg)."""
     storage_options: dict[str, Any] = Field(default_factory=lambda: {"token": "anon"})
     retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(2.0, ge=0)
+    """Wait before the first retry of a failed network read; doubles each retry."""
 
 
 class CdsSourceConfig(StrictModel):
@@ -145,7 +144,8 @@ class IngestConfig(StrictModel):
     """Time steps per work block (the unit of resumability and parallelism)."""
     chunk_time: int = Field(1, ge=1)
     """Time steps per Zarr chunk; must divide block_size."""
-    compression_level: int = Field(3, ge=0, le=22)
+    compression_level: int = Field(1, ge=0, le=9)
+    """Blosc-zstd level (0-9). Level 1 compresses within a few % of level 3 at 2-3x the speed."""
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":
@@ -185,6 +185,9 @@ class MyriadConfig(StrictModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     statistics: StatisticsConfig = Field(default_factory=StatisticsConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    model: ModelConfig | None = None
+    training: TrainingConfig | None = None
+    ensemble: EnsembleConfig | None = None
 
     @field_validator("channels")
     @classmethod

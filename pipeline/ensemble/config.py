@@ -1,0 +1,126 @@
+"""Config section ``ensemble`` (and its ``perturbation`` sub-section).
+
+Kept free of torch so that loading a run config stays light; the library
+modules take their HENS defaults from here. Validated alone here;
+cross-checks against the rest of the run (channels of the checkpoints, init
+times inside the analysis record with the breeding analyses before them)
+happen when an ensemble run is set up, where the checkpoints and the store
+are known.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+
+from pipeline.config_base import StrictModel
+from pipeline.data.channels import parse_channel
+from pipeline.ensemble.plan import EnsemblePlan
+from pipeline.errors import MyriadError
+from pipeline.grid import Grid
+
+if TYPE_CHECKING:
+    from pipeline.ensemble.seed_field import SphericalSeedField
+
+DEFAULT_ALPHA = 0.35
+"""HENS: bred-vector amplitude = 0.35 x the model's 48 h RMSE."""
+DEFAULT_EXTRATROPICS_DEG = 20.0
+"""HENS: rescale over each hemisphere poleward of 20 deg."""
+DEFAULT_CORRELATION_LENGTH_KM = 500.0
+"""HENS: seed-field length scale."""
+
+
+def _unique_channels(value: list[str]) -> list[str]:
+    for name in value:
+        try:
+            parse_channel(name)
+        except MyriadError as exc:  # a ValueError lets pydantic name the key
+            raise ValueError(str(exc)) from None
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate channel names in {value}")
+    return value
+
+
+class BredVectorConfig(StrictModel):
+    """Hemispheric-centred bred vectors (:mod:`pipeline.ensemble.bred_vectors`)."""
+
+    alpha: float = Field(DEFAULT_ALPHA, gt=0)
+    """Target amplitude per channel as a fraction of the checkpoint's 48 h RMSE."""
+    seed_channels: list[str] = Field(default_factory=lambda: ["z500"], min_length=1)
+    """Channels that get the seed noise."""
+    correlation_length_km: float = Field(DEFAULT_CORRELATION_LENGTH_KM, gt=0)
+    """Daley correlation length of the seed field (correlation exp(-1/2) at this distance)."""
+    cycles: int = Field(3, ge=1)
+    """Breeding cycles K, through the analyses at t0 - (K-1) dt ... t0 (starting from t0 - K dt)."""
+    extratropics_deg: float = Field(DEFAULT_EXTRATROPICS_DEG, gt=0, lt=90)
+    """Equatorward edge of the bands over which the bred vector is rescaled."""
+
+    @field_validator("seed_channels")
+    @classmethod
+    def _seed_channels(cls, value: list[str]) -> list[str]:
+        return _unique_channels(value)
+
+    def build_seed_field(self, grid: Grid) -> SphericalSeedField:
+        """The seed field on ``grid``."""
+        from pipeline.ensemble.seed_field import SphericalSeedField  # torch only when an ensemble is built
+
+        return SphericalSeedField(grid, correlation_length_m=self.correlation_length_km * 1e3)
+
+
+class EnsembleConfig(StrictModel):
+    """A bred-vector ensemble: checkpoints x pairs x {+, -} (+ controls) per init time."""
+
+    name: str = Field("ensemble", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Store name: ``<run_dir>/ensembles/<name>.zarr``."""
+    checkpoints: list[Path] = Field(min_length=1)
+    """Checkpoint files or seed directories (``best.pt``, else ``last.pt``; ``calibration.json``
+    beside it), one per model seed (the model-uncertainty dimension)."""
+    init_times: list[datetime] = Field(min_length=1)
+    n_steps: int = Field(40, ge=1)
+    """Model steps per forecast (lead times 0 .. n_steps x the model's time step)."""
+    output_channels: list[str] | None = None
+    """Channels written to the store (default: all of the model's channels)."""
+    n_pairs: int = Field(8, ge=1)
+    """Bred pairs per checkpoint."""
+    include_control: bool = False
+    """Give each checkpoint an unperturbed control member (member 0 is checkpoint 0's)."""
+    member_block: int = Field(32, ge=1)
+    """Members per work unit and per store chunk."""
+    seed: int = Field(0, ge=0)
+    """Base seed of every random draw (:func:`pipeline.ensemble.seeds.member_seed`)."""
+    perturbation: BredVectorConfig = Field(default_factory=BredVectorConfig)
+    compression_level: int = Field(3, ge=0, le=22)
+    writer_queue: int = Field(2, ge=1)
+    """Lead times buffered for the background writer."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (the SHT stays float32); CPU always runs float32."""
+
+    @field_validator("init_times")
+    @classmethod
+    def _init_times(cls, value: list[datetime]) -> list[datetime]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate init times in {[t.isoformat() for t in value]}")
+        return value
+
+    @field_validator("output_channels")
+    @classmethod
+    def _output_channels(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _unique_channels(value)
+
+    def plan(self) -> EnsemblePlan:
+        """The member plan of this ensemble."""
+        return EnsemblePlan.build(
+            self.init_times,
+            [str(p) for p in self.checkpoints],
+            n_pairs=self.n_pairs,
+            include_control=self.include_control,
+            member_block=self.member_block,
+            base_seed=self.seed,
+        )
+
+    def store_path(self, run_dir: str | Path) -> Path:
+        """The ensemble store: ``<run_dir>/ensembles/<name>.zarr``."""
+        return Path(run_dir) / "ensembles" / f"{self.name}.zarr"

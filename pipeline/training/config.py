@@ -1,0 +1,182 @@
+"""Config sections of the training stage: ``model`` and ``training``.
+
+Both are optional in a run config (the ingest stage does not need them);
+``pipeline.training`` raises a clear error when they are missing. Cross-section
+checks (channel weights name configured channels, lead times are multiples of
+the time step, periods lie inside the store) happen when a training run is
+set up, where the store and the whole config are known.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config_base import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """SFNO hyper-parameters (see :class:`models.sfno.SFNO` for their meaning).
+
+    The channel counts and the grid come from the run config; :meth:`hparams`
+    merges them into the plain dict that :func:`models.registry.build_model`
+    takes and that checkpoints store.
+    """
+
+    kind: Literal["sfno"] = "sfno"
+    name: str = Field("sfno", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Directory under ``<run_dir>/checkpoints/`` (so several models can share a run)."""
+    embed_dim: int = Field(64, ge=4)
+    num_layers: int = Field(4, ge=1)
+    scale_factor: int = Field(2, ge=1)
+    """Internal grid coarsening of the SFNO blocks (1 = the data grid)."""
+    mlp_ratio: float = Field(2.0, gt=0)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    residual: bool = True
+    """Predict the increment: ``x_{t+1} = x_t + f(x_t)``."""
+    normalization: Literal["none", "instance"] = "instance"
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    hard_thresholding_fraction: float = Field(1.0, gt=0, le=1)
+    grid_internal: Literal["legendre-gauss", "equiangular"] = "legendre-gauss"
+    static_inputs: bool = True
+    """Feed the run's static fields (``static:`` e.g. orog, lsm) as extra input channels."""
+    lat_lon_features: bool = True
+    """Feed sin/cos of latitude and longitude as extra input channels."""
+    conditioning: bool = False
+    """Time-conditioned blocks (sinusoidal embedding -> MLP -> per-block scale/shift)."""
+    cond_embed_dim: int = Field(64, ge=2)
+    bandlimit_output: bool = True
+    """Keep the predicted increment within the degrees the SFNO blocks resolve (stable rollouts)."""
+
+    def hparams(self, n_channels: int, n_static: int, nlat: int, nlon: int) -> dict[str, Any]:
+        """Keyword arguments of the model class for this run (a plain, JSON-able dict)."""
+        return {
+            "nlat": nlat,
+            "nlon": nlon,
+            "in_channels": n_channels,
+            "out_channels": n_channels,
+            "n_static": n_static if self.static_inputs else 0,
+            "lat_lon_features": self.lat_lon_features,
+            "embed_dim": self.embed_dim,
+            "num_layers": self.num_layers,
+            "scale_factor": self.scale_factor,
+            "mlp_ratio": self.mlp_ratio,
+            "drop_rate": self.drop_rate,
+            "residual": self.residual,
+            "normalization": self.normalization,
+            "activation": self.activation,
+            "hard_thresholding_fraction": self.hard_thresholding_fraction,
+            "grid_internal": self.grid_internal,
+            "conditioning": self.conditioning,
+            "cond_embed_dim": self.cond_embed_dim,
+            "bandlimit_output": self.bandlimit_output,
+        }
+
+
+class PeriodConfig(StrictModel):
+    """A closed time interval ``[start, end]`` of the analysis store."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PeriodConfig":
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """How models are trained, validated and calibrated.
+
+    Steps are optimiser steps over the *global* batch (all ranks together).
+    The total is ``min(max_steps, epochs x steps_per_epoch)`` of whichever is
+    given; ``max_minutes`` additionally stops a run (with a checkpoint) when
+    its accumulated wall time exceeds the budget.
+    """
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """One checkpoint per seed: model init, data order and dropout derive from it."""
+    batch_size: int = Field(8, ge=1)
+    """Global batch; must be divisible by the number of ranks."""
+    epochs: int | None = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Floor of the cosine schedule as a fraction of ``lr``."""
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    rollout_steps: int = Field(1, ge=1)
+    """Autoregressive steps per sample in the fine-tune phase (1 = none)."""
+    rollout_start_step: int = Field(0, ge=0)
+    """Global step from which samples carry ``rollout_steps`` targets."""
+    input_noise: float = Field(0.0, ge=0)
+    """Gaussian noise added to each window's initial state, in units of each channel's
+    one-step tendency std: the model learns to pull perturbed states back towards the
+    data (steadier long rollouts). 0 turns it off."""
+    channel_weights: dict[str, float] = Field(default_factory=dict)
+    """Loss weight per channel (default 1); normalised to mean 1 over the channels."""
+    loss_units: Literal["tendency", "normalised"] = "tendency"
+    """Measure each channel's error in units of its one-step tendency std (HENS) or of its std."""
+    checkpoint_every: int = Field(500, ge=1)
+    """Write ``last.pt`` every N steps (and at each epoch end and at the end)."""
+    log_every: int = Field(20, ge=1)
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes per rank (0 reads in the training process)."""
+    cache_in_memory: Literal["auto", "always", "never"] = "auto"
+    memory_limit_gb: float = Field(4.0, gt=0)
+    """``auto`` loads the training and validation frames into memory below this size."""
+    train_period: PeriodConfig | None = None
+    """Default: the store's times before ``val_period``."""
+    val_period: PeriodConfig | None = None
+    """Default: the last ``val_fraction`` of the store's times."""
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_lead_hours: list[int] = Field(default_factory=lambda: [6, 24, 120], min_length=1)
+    val_max_inits: int = Field(32, ge=1)
+    """Validation initial times per epoch (evenly spaced over the period)."""
+    climatology_samples: int = Field(512, ge=1)
+    """Training frames (evenly spaced) averaged into the climatology reference."""
+    calibration_lead_hours: int = Field(48, ge=1)
+    calibration_max_inits: int = Field(64, ge=1)
+    bf16: bool = True
+    """bf16 autocast on CUDA (the SHT stays fp32); ignored on CPU."""
+    compile: bool = False
+    deterministic: bool = False
+    """Deterministic kernels (bitwise-reproducible resume on CPU)."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Process-group backend: auto = nccl on CUDA, gloo on CPU."""
+    nproc_per_node: int = Field(1, ge=1)
+    """Ranks per node that ``myriad train`` starts (``--nproc`` overrides)."""
+    parallel_seeds: int = Field(1, ge=1)
+    """Seeds trained at the same time by the train flow."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate seeds in {value}")
+        if any(seed < 0 for seed in value):
+            raise ValueError(f"seeds must be >= 0, got {value}")
+        return value
+
+    @field_validator("channel_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not weight >= 0:
+                raise ValueError(f"channel weight for '{name}' must be >= 0, got {weight}")
+        return value
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainingConfig":
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        return self
+
+    def targets_at(self, step: int) -> int:
+        """Autoregressive targets used at global ``step``."""
+        return self.rollout_steps if step >= self.rollout_start_step else 1
