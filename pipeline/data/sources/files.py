@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,11 @@ _MAGIC: tuple[tuple[bytes, FileKind], ...] = (
 )
 _KIND_LABEL = {"netcdf": "NetCDF", "grib": "GRIB", "zip": "ZIP"}
 _ENGINE_KIND: dict[str, FileKind] = {"netcdf4": "netcdf", "cfgrib": "grib"}
+
+_FILE_LOCK = threading.RLock()
+"""Serialises every open, read and close of a file in this process: the netCDF-C
+and eccodes libraries are not thread-safe, and ingest reads blocks from a thread
+pool. Reads are I/O-light next to the Zarr encode, which stays parallel."""
 
 
 def detect_format(path: Path) -> FileKind:
@@ -236,7 +242,7 @@ class FileCollection:
             members = _unzip_cached(path, self.cache_dir)
             return [part for m in members for part in self._index_file(m, f"{path} (member {m.name})")]
         parts = []
-        with _reading(label, kind):
+        with _FILE_LOCK, _reading(label, kind):
             datasets = _open_datasets(path, kind)
             try:
                 for group, ds in enumerate(datasets):
@@ -313,7 +319,7 @@ class FileCollection:
 
     def _with_part(self, part: _Part, use: Callable[[xr.Dataset], T]) -> T:
         """Open ``part``, standardise it, apply ``use``; decoder errors name the file."""
-        with _reading(part.label, part.kind):
+        with _FILE_LOCK, _reading(part.label, part.kind):
             datasets = _open_datasets(part.path, part.kind)
             try:
                 return use(standardise(datasets[part.group], part.where, self.member))
