@@ -1,0 +1,465 @@
+"""The training loop of one seed: data, model, DDP, checkpoints, validation, calibration.
+
+One :class:`Trainer` runs on every rank of a torchrun job (or alone). Each
+optimiser step consumes one global batch of ``training.batch_size`` windows,
+split evenly over the ranks; DDP averages the gradients, so ``W`` ranks with
+per-rank batch ``B / W`` take the same steps as one process with batch ``B``
+(the sampler hands the ranks interleaved slices of the same order).
+
+Exact resume: ``last.pt`` holds weights, optimiser state,
+every rank's generator states and the position in the epoch; a resumed run
+rebuilds the epoch's sample order from ``(seed, epoch)``, skips the batches
+already done and continues bitwise identically on CPU (with
+``training.deterministic`` on GPU as far as the kernels allow).
+
+A non-finite loss or gradient on any rank stops every rank with a
+:class:`MyriadError`; no checkpoint is written after it, so ``last.pt`` stays
+the last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from models.registry import build_model
+from pipeline.config import MyriadConfig
+from pipeline.data.store import format_time
+from pipeline.errors import MyriadError
+from pipeline.training.calibration import CALIBRATION_FILE, Calibration, load_calibration, write_calibration
+from pipeline.training.checkpoint import (
+    BEST,
+    LAST,
+    capture_rng_state,
+    load_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+    seed_directory,
+    select_checkpoint,
+)
+from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
+from pipeline.training.distributed import DistributedContext
+from pipeline.training.forecast import Forecaster, autocast_context
+from pipeline.training.losses import SphericalMSE, channel_weight_vector
+from pipeline.training.optim import build_optimizer, cosine_with_warmup, set_learning_rate
+from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
+
+logger = logging.getLogger(__name__)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s generators (dropout) for run seed ``seed``."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Rollout(nn.Module):
+    """``n`` autoregressive steps in one forward (one DDP forward per optimiser step).
+
+    Returns the predictions stacked on dimension 1: ``(B, n, C, nlat, nlon)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
+        predictions = []
+        for _ in range(n_steps):
+            z = self.model(z)
+            predictions.append(z)
+        return torch.stack(predictions, dim=1)
+
+
+@dataclass
+class Progress:
+    """Where a run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed_seconds: float = 0.0
+    best_score: float = math.inf
+    last_validated_step: int = -1
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left behind."""
+
+    directory: Path
+    steps: int
+    skill: Skill | None
+    stopped_by: str
+    """``"steps"``, ``"time budget"`` or ``"already complete"``."""
+
+
+class Trainer:
+    """Train one seed of the configured model (call on every rank).
+
+    Parameters
+    ----------
+    config
+        Run config with ``model`` and ``training`` sections.
+    seed
+        Seed of this checkpoint (init, data order, dropout).
+    ctx
+        This process's place in the process group.
+
+    Raises
+    ------
+    MyriadError
+        Missing sections, bad data or statistics, inconsistent settings, or
+        a ``last.pt`` made with other settings.
+    """
+
+    def __init__(self, config: MyriadConfig, seed: int, ctx: DistributedContext) -> None:
+        if config.model is None or config.training is None:
+            raise MyriadError("config: training needs the `model:` and `training:` sections (see configs/quickstart.yaml)")
+        self.config = config
+        self.seed = seed
+        self.ctx = ctx
+        self.training = training = config.training
+        if training.batch_size % ctx.world_size:
+            raise MyriadError(f"training.batch_size ({training.batch_size}) must be divisible by the number of ranks ({ctx.world_size})")
+        if training.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+
+        self.data = open_training_data(config)
+        self.step_hours = self.data.step_hours
+        self.val_leads = [self._lead_steps(h, "training.val_lead_hours") for h in training.val_lead_hours]
+        self.calibration_lead = self._lead_steps(training.calibration_lead_hours, "training.calibration_lead_hours")
+        train_index, val_index = resolve_periods(self.data, training)
+        self.val_period = (format_time(self.data.times[val_index[0]]), format_time(self.data.times[val_index[-1]]))
+        self.train_frames = load_frames(self.data, train_index, training, "training")
+        self.val_frames = load_frames(self.data, val_index, training, "validation")
+        longest = max(max(self.val_leads), self.calibration_lead)
+        if len(self.val_frames) <= longest:
+            raise MyriadError(
+                f"training.val_period: {len(self.val_frames)} times are too few for a {longest * self.step_hours} h lead; "
+                "lengthen it or shorten training.val_lead_hours / calibration_lead_hours"
+            )
+        self.dataset = WindowDataset(self.train_frames, training.rollout_steps)
+        self.climatology = climatology(self.train_frames, training.climatology_samples)
+        units = self.data.tendency_ratio if training.loss_units == "tendency" else None
+        self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
+                                           device=ctx.device)[:, None, None]
+        self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
+
+        grid = self.data.grid
+        self.hparams = config.model.hparams(len(self.data.channels), len(self.data.static_names), grid.nlat, grid.nlon)
+        seed_everything(seed)
+        self.model = build_model(config.model.kind, **self.hparams)
+        self.model.set_static_fields(torch.from_numpy(self.data.static_fields()))
+        if config.model.residual:
+            self.model.set_increment_scale(torch.as_tensor(self.data.tendency_ratio, dtype=torch.float32))
+        self.model.to(ctx.device)
+        rollout = Rollout(self.model)
+        if ctx.distributed:
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            rollout = DistributedDataParallel(rollout, device_ids=device_ids, broadcast_buffers=False)
+        self.rollout = torch.compile(rollout) if training.compile else rollout
+
+        self.sampler = WindowBatchSampler(
+            len(self.dataset), training.batch_size // ctx.world_size, ctx.rank, ctx.world_size, seed, training.targets_at
+        )
+        epochs_steps = training.epochs * self.sampler.steps_per_epoch if training.epochs is not None else None
+        self.total_steps = min(s for s in (epochs_steps, training.max_steps) if s is not None)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=self.sampler,
+            num_workers=training.num_workers,
+            pin_memory=ctx.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.optimizer = build_optimizer(self.model, training.lr, training.weight_decay)
+        self.directory = seed_directory(config.run_dir, config.model.name, seed)
+        self.progress = Progress()
+        seed_everything(rank_seed(seed, ctx.rank))
+        self._resume()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _lead_steps(self, hours: int, key: str) -> int:
+        if hours % self.step_hours:
+            raise MyriadError(f"{key}: {hours} h is not a multiple of the store's time step ({self.step_hours} h)")
+        return hours // self.step_hours
+
+    def _resume(self) -> None:
+        path = self.directory / LAST
+        if self.ctx.is_main and self.directory.is_dir():
+            remove_stale_temporaries(self.directory)
+        self.ctx.barrier()
+        if not path.is_file():
+            return
+        payload = read_checkpoint(path, map_location=self.ctx.device)
+        self._check_compatible(payload, path)
+        self.model.load_state_dict(payload["model"]["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        saved = payload["progress"]
+        self.progress = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
+        if payload["world_size"] == self.ctx.world_size:
+            restore_rng_state(payload["rng"][self.ctx.rank])
+        else:
+            logger.warning(
+                "%s was written by %d ranks, this run has %d: data order and dropout continue reseeded, not exactly",
+                path, payload["world_size"], self.ctx.world_size,
+            )
+            seed_everything(rank_seed(self.seed + self.progress.step, self.ctx.rank))
+        if self.ctx.is_main:
+            logger.info("seed %d: resuming from %s at step %d (epoch %d, batch %d)", self.seed, path,
+                        self.progress.step, self.progress.epoch, self.progress.batch_in_epoch)
+
+    def _check_compatible(self, payload: dict, path: Path) -> None:
+        wanted = {
+            "model kind": self.config.model.kind,
+            "model hyper-parameters": self.hparams,
+            "channels": list(self.data.channels),
+            "static fields": list(self.data.static_names),
+            "grid": [self.data.grid.nlat, self.data.grid.nlon],
+            "seed": self.seed,
+        }
+        found = {
+            "model kind": payload["model"]["kind"],
+            "model hyper-parameters": payload["model"]["hparams"],
+            "channels": list(payload["channels"]),
+            "static fields": list(payload["static"]),
+            "grid": [payload["grid"]["nlat"], payload["grid"]["nlon"]],
+            "seed": payload["seed"],
+        }
+        differ = [key for key in wanted if wanted[key] != found[key]]
+        if differ:
+            raise MyriadError(
+                f"checkpoint {path}: was trained with different {', '.join(differ)}; "
+                f"choose another model.name or run_dir, or delete {self.directory} to start over"
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    @property
+    def _budget_seconds(self) -> float:
+        return self.training.max_minutes * 60.0 if self.training.max_minutes is not None else math.inf
+
+    def _finished(self) -> bool:
+        return self.progress.step >= self.total_steps or self.progress.elapsed_seconds >= self._budget_seconds
+
+    def fit(self) -> TrainResult:
+        """Train until ``total_steps`` or the time budget; validate each epoch; checkpoint."""
+        progress = self.progress
+        if self._finished():
+            if self.ctx.is_main:
+                logger.info("seed %d: already trained (%d steps) in %s", self.seed, progress.step, self.directory)
+            return TrainResult(self.directory, progress.step, None, "already complete")
+        if self.ctx.is_main:
+            logger.info(
+                "seed %d: training %s (%d parameters) on %d rank(s), %s, for %d steps (%d per epoch, global batch %d)",
+                self.seed, self.config.model.kind, sum(p.numel() for p in self.model.parameters()), self.ctx.world_size,
+                self.ctx.device.type, self.total_steps, self.sampler.steps_per_epoch, self.training.batch_size,
+            )
+        clock = time.monotonic()
+        elapsed_before = progress.elapsed_seconds
+        log_clock, log_step = time.monotonic(), progress.step
+        skill: Skill | None = None
+        stopped_by = "steps"
+        while not self._finished():
+            self.sampler.set_epoch(progress.epoch)
+            self.sampler.start_at(progress.batch_in_epoch)
+            for batch in self.loader:
+                loss, time_up = self.train_step(batch, elapsed_before + time.monotonic() - clock)
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                progress.elapsed_seconds = elapsed_before + time.monotonic() - clock
+                if self.ctx.is_main and (progress.step % self.training.log_every == 0 or progress.step == self.total_steps):
+                    now = time.monotonic()
+                    rate = (progress.step - log_step) * self.training.batch_size / max(now - log_clock, 1e-9)
+                    logger.info(
+                        "seed %d step %d/%d epoch %d loss %.4g lr %.3g %.1f samples/s",
+                        self.seed, progress.step, self.total_steps, progress.epoch, loss,
+                        self.optimizer.param_groups[0]["lr"], rate,
+                    )
+                    log_clock, log_step = now, progress.step
+                if time_up:
+                    stopped_by = "time budget"
+                    progress.elapsed_seconds = max(progress.elapsed_seconds, self._budget_seconds)
+                    break
+                if progress.step >= self.total_steps:
+                    break
+                if progress.step % self.training.checkpoint_every == 0 and progress.batch_in_epoch < self.sampler.steps_per_epoch:
+                    self._save([LAST], None)
+            if progress.batch_in_epoch >= self.sampler.steps_per_epoch:
+                skill = self.validate()
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                self._save(self._improved(skill), skill)
+        if progress.last_validated_step != progress.step:
+            skill = self.validate()
+            progress.complete = True
+            self._save(self._improved(skill), skill)
+        else:
+            progress.complete = True
+            self._save([LAST], skill)
+        if self.ctx.is_main:
+            logger.info("seed %d: finished at step %d (%s) in %.0f s; checkpoints in %s", self.seed, progress.step,
+                        stopped_by, progress.elapsed_seconds, self.directory)
+        return TrainResult(self.directory, progress.step, skill, stopped_by)
+
+    def train_step(self, batch: torch.Tensor, elapsed: float = 0.0) -> tuple[float, bool]:
+        """One optimiser step; returns the rank-mean loss and whether the time budget is spent.
+
+        ``elapsed`` (training seconds so far) counts as rank 0 measured it, on every rank,
+        so that the time-aware schedule and the budget stop agree across ranks.
+        """
+        batch = batch.to(self.ctx.device, non_blocking=True)
+        n_steps = batch.shape[1] - 1
+        self.model.train()
+        initial = batch[:, 0]
+        if self.training.input_noise > 0:
+            initial = initial + self.noise_scale * torch.randn_like(initial)
+        with autocast_context(self.ctx.device, self.training.bf16):
+            predictions = self.rollout(initial, n_steps)
+            loss = sum(self.loss(predictions[:, k], batch[:, k + 1]) for k in range(n_steps)) / n_steps
+        flags = torch.stack([
+            loss.detach().double(),
+            (~torch.isfinite(loss.detach())).double(),
+            torch.tensor(elapsed if self.ctx.is_main else 0.0, dtype=torch.float64, device=loss.device),
+        ])
+        self.ctx.all_reduce_sum(flags)
+        if flags[1] > 0:
+            self._diverged("loss", float("nan"))
+        elapsed = float(flags[2])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.training.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.training.grad_clip)
+            if not torch.isfinite(norm):
+                self._diverged("gradient norm", float(norm))
+        set_learning_rate(self.optimizer, self.learning_rate(elapsed))
+        self.optimizer.step()
+        return float(flags[0]) / self.ctx.world_size, elapsed >= self._budget_seconds
+
+    def learning_rate(self, elapsed: float) -> float:
+        """Learning rate of the current step (warm-up + cosine, see :mod:`pipeline.training.optim`)."""
+        t = self.training
+        return t.lr * cosine_with_warmup(self.progress.step, t.warmup_steps, self.total_steps, t.min_lr_ratio,
+                                         elapsed / self._budget_seconds)
+
+    def _diverged(self, what: str, value: float) -> None:
+        last = self.directory / LAST
+        kept = (
+            f"the last good checkpoint {last} (step {read_checkpoint(last)['progress']['step']}) is kept"
+            if last.is_file() else "no checkpoint had been written yet"
+        )
+        raise MyriadError(
+            f"training diverged at step {self.progress.step + 1} (seed {self.seed}): the {what} is {value}; "
+            f"lower training.lr (now {self.training.lr:g}) or set training.grad_clip; {kept}"
+        )
+
+    # ------------------------------------------------------------------ validation and checkpoints
+
+    def validate(self) -> Skill:
+        """Skill on the validation period at ``val_lead_hours`` (every rank gets the same result)."""
+        self.model.eval()
+        forecaster = Forecaster(self.model, self.data.normalisation, self.ctx.device, self.training.bf16)
+        starts = evenly_spaced(len(self.val_frames) - max(self.val_leads), self.training.val_max_inits)
+        skill = evaluate(
+            forecaster.step_normalised, self.val_frames, starts, self.val_leads, self.step_hours,
+            self.climatology, self.loss, self.data.normalisation, self.ctx,
+        )
+        self.progress.last_validated_step = self.progress.step
+        if self.ctx.is_main:
+            logger.info("seed %d validation at step %d (%d initial times, RMSE in channel units):\n%s",
+                        self.seed, self.progress.step, skill.n_inits, skill.table())
+        return skill
+
+    def _improved(self, skill: Skill) -> list[str]:
+        """Files to write after a validation: ``best.pt`` too when the score improved."""
+        score = skill.score()
+        if score < self.progress.best_score:
+            self.progress.best_score = score
+            return [LAST, BEST]
+        return [LAST]
+
+    def _save(self, names: list[str], skill: Skill | None) -> None:
+        """Write checkpoint files (rank 0) with every rank's generator states; refuses non-finite weights."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged("model weights", float("nan"))
+        rng = self.ctx.all_gather_objects(capture_rng_state())
+        if self.ctx.is_main:
+            payload = {
+                "model": {"kind": self.config.model.kind, "name": self.config.model.name, "hparams": self.hparams,
+                          "state_dict": self.model.state_dict()},
+                "channels": list(self.data.channels),
+                "static": list(self.data.static_names),
+                "grid": {"nlat": self.data.grid.nlat, "nlon": self.data.grid.nlon, "name": self.data.grid.name},
+                "time_step_hours": self.step_hours,
+                "normalisation": self.data.normalisation.to_dict(),
+                "seed": self.seed,
+                "progress": {**asdict(self.progress), "steps_per_epoch": self.sampler.steps_per_epoch,
+                             "total_steps": self.total_steps},
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+                "world_size": self.ctx.world_size,
+                "metrics": skill.to_dict() if skill is not None else {},
+                "config": self.config.model_dump_json(),
+            }
+            for name in names:
+                save_checkpoint(payload, self.directory / name)
+            logger.debug("seed %d: wrote %s at step %d", self.seed, ", ".join(names), self.progress.step)
+        self.ctx.barrier()
+
+    # ------------------------------------------------------------------ calibration
+
+    def calibrate(self) -> Calibration:
+        """48 h RMSE per channel of the forecast checkpoint, written as ``calibration.json`` beside it."""
+        path = select_checkpoint(self.directory)
+        step = int(read_checkpoint(path)["progress"]["step"])
+        lead_hours = self.calibration_lead * self.step_hours
+        if (self.directory / CALIBRATION_FILE).is_file():
+            existing = load_calibration(self.directory)
+            if (existing.checkpoint, existing.step, existing.lead_hours) == (path.name, step, lead_hours):
+                return existing
+        model, info = load_checkpoint(path, map_location=self.ctx.device)
+        forecaster = Forecaster(model, info.normalisation, self.ctx.device, self.training.bf16)
+        starts = evenly_spaced(len(self.val_frames) - self.calibration_lead, self.training.calibration_max_inits)
+        skill = evaluate(
+            forecaster.step_normalised, self.val_frames, starts, [self.calibration_lead], self.step_hours,
+            None, self.loss, info.normalisation, self.ctx,
+        )
+        calibration = Calibration(
+            lead_hours=lead_hours,
+            checkpoint=path.name,
+            step=step,
+            n_inits=skill.n_inits,
+            period=self.val_period,
+            rmse={c: float(v) for c, v in zip(skill.channels, skill.rmse["model"][0])},
+            persistence_rmse={c: float(v) for c, v in zip(skill.channels, skill.rmse["persistence"][0])},
+        )
+        if self.ctx.is_main:
+            written = write_calibration(calibration, self.directory)
+            logger.info("seed %d: %d h RMSE of %s written to %s: %s", self.seed, lead_hours, path.name, written,
+                        ", ".join(f"{c} {v:.4g}" for c, v in calibration.rmse.items()))
+        self.ctx.barrier()
+        return calibration
+

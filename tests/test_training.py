@@ -1,0 +1,266 @@
+"""Training stage in process: data windows, sampler, loss, schedule, checkpoints, calibration, bad input.
+
+All tests train on a real analysis store ingested from NetCDF files
+(tests/training_fixtures.py); each writes its own ``checkpoints/<name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pipeline.data.statistics import load_statistics
+from pipeline.data.store import open_analysis
+from pipeline.errors import MyriadError
+from pipeline.grid import Grid
+from pipeline.training.calibration import load_calibration
+from pipeline.training.checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, select_checkpoint
+from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
+from pipeline.training.distributed import DistributedContext
+from pipeline.training.forecast import Forecaster
+from pipeline.training.losses import SphericalMSE, channel_weight_vector
+from pipeline.training.optim import cosine_with_warmup
+from pipeline.training.run import ERROR_PREFIX
+from pipeline.training.trainer import Trainer
+from tests.analysis_files import CHANNELS, GRID
+from tests.training_fixtures import build_store, merged, run_module_command, write_config
+
+torch.set_num_threads(1)
+SINGLE = DistributedContext(0, 1, 0, torch.device("cpu"), None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shared store's base config dict (run_dir holds analysis.zarr and stats.nc)."""
+    return build_store(tmp_path_factory.mktemp("training-store"))
+
+
+def config_for(store: dict, tmp_path: Path, name: str, **sections):
+    model = {"name": name, **sections.pop("model", {})}
+    return write_config(tmp_path / f"{name}.yaml", merged(store, model=model, **sections))
+
+
+def sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_windows_hold_store_values_normalised_by_stats(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "windows")
+    data = open_training_data(config)
+    train, val = resolve_periods(data, config.training)
+    assert (len(train), len(val)) == (128, 32)
+    frames = load_frames(data, train, config.training, "training")
+    dataset = WindowDataset(frames, max_targets=2)
+    batch = dataset[([0, 5, 100], 2)]
+    assert batch.shape == (3, 3, len(CHANNELS), GRID.nlat, GRID.nlon)
+    analysis = open_analysis(config.analysis_path)
+    stats = load_statistics(config.stats_path)
+    for c, name in enumerate(CHANNELS):
+        raw = analysis[name].isel(time=[5, 6, 7]).values
+        expected = (raw - float(stats["mean"].sel(channel=name))) / float(stats["std"].sel(channel=name))
+        np.testing.assert_allclose(batch[1, :, c].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert len(dataset) == 128 - 2
+
+
+def test_sampler_splits_each_global_batch_across_ranks_and_resumes_mid_epoch() -> None:
+    one = WindowBatchSampler(50, 8, rank=0, world_size=1, seed=3, targets_at=lambda step: 1 + (step >= 7))
+    ranks = [WindowBatchSampler(50, 4, rank=r, world_size=2, seed=3, targets_at=lambda step: 1) for r in (0, 1)]
+    assert one.steps_per_epoch == ranks[0].steps_per_epoch == 6
+    for epoch in (0, 1):
+        for sampler in (one, *ranks):
+            sampler.set_epoch(epoch)
+        global_batches = [set(starts) for starts, _ in one]
+        split = [[set(starts) for starts, _ in sampler] for sampler in ranks]
+        assert [a | b for a, b in zip(*split)] == global_batches
+    one.set_epoch(1)
+    full = list(one)
+    one.start_at(4)
+    assert list(one) == full[4:]
+    assert [n for _, n in full] == [1, 2, 2, 2, 2, 2]  # global steps 6..11, two targets from step 7
+    with pytest.raises(MyriadError, match="fewer than the global batch"):
+        WindowBatchSampler(5, 8, 0, 1, 0, lambda step: 1)
+
+
+def test_loss_is_the_area_weighted_channel_weighted_mean_square() -> None:
+    grid = Grid(9, 16)
+    loss = SphericalMSE(grid, channel_weight_vector(["a", "b"], {"b": 3.0}))
+    target = torch.zeros(2, 2, 9, 16)
+    assert loss(target + 2.0, target).item() == pytest.approx(4.0)  # weights 0.5, 1.5: mean 1
+    polar_row = target.clone()
+    polar_row[:, :, 0] = 1.0
+    q = grid.quadrature_weights()
+    assert loss.per_channel(polar_row, target)[0, 0].item() == pytest.approx(q[0].sum(), rel=1e-6)
+    only_b = target.clone()
+    only_b[:, 1] = 1.0
+    assert loss(only_b, target).item() == pytest.approx(1.5 / 2)
+    with pytest.raises(MyriadError, match="training.channel_weights.*'z500'"):
+        channel_weight_vector(["a"], {"z500": 1.0})
+
+
+def test_learning_rate_warms_up_then_decays_on_a_cosine_over_steps_or_time() -> None:
+    values = [cosine_with_warmup(s, warmup=4, total=14, floor=0.1) for s in range(15)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert values[4] == pytest.approx(1.0)
+    assert values[9] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert values[14] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values[3:], values[4:]))
+    # a time budget half spent at step 5 of 14 is half way down the cosine
+    assert cosine_with_warmup(5, warmup=4, total=14, floor=0.1, time_fraction=0.5) == pytest.approx(0.55)
+    assert cosine_with_warmup(5, warmup=4, total=14, floor=0.1, time_fraction=0.0) == pytest.approx(values[5])
+
+
+# --------------------------------------------------------------------------- a training run
+
+
+def test_training_writes_self_contained_checkpoints_and_calibration(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "full", training={"max_steps": 10, "rollout_steps": 2, "rollout_start_step": 6})
+    trainer = Trainer(config, seed=0, ctx=SINGLE)
+    result = trainer.fit()
+    calibration = trainer.calibrate()
+    assert (result.steps, result.stopped_by) == (10, "steps")
+    directory = config.run_dir / "checkpoints" / "full" / "seed-0"
+    assert result.directory == directory
+    assert sorted(p.name for p in directory.iterdir()) == ["best.pt", "calibration.json", "last.pt"]
+
+    payload = read_checkpoint(directory / LAST)
+    assert payload["progress"]["step"] == 10 and payload["progress"]["complete"]
+    assert payload["channels"] == CHANNELS and payload["static"] == ["lsm"]
+    assert payload["grid"] == {"nlat": 9, "nlon": 16, "name": "equiangular-9x16"}
+    assert payload["time_step_hours"] == 6 and payload["world_size"] == 1 and len(payload["rng"]) == 1
+    stats = load_statistics(config.stats_path)
+    np.testing.assert_allclose(payload["normalisation"]["std"], stats["std"].sel(channel=CHANNELS).values)
+    assert json.loads(payload["config"])["model"]["name"] == "full"
+    skill = payload["metrics"]
+    assert skill["lead_hours"] == [6, 24] and set(skill["rmse"]) == {"model", "persistence", "climatology"}
+
+    model, info = load_checkpoint(select_checkpoint(directory))
+    assert info.channels == tuple(CHANNELS) and info.grid == GRID and not model.training
+    assert torch.equal(model.static_fields, trainer.model.static_fields)
+
+    loaded = load_calibration(directory)
+    assert loaded == calibration
+    assert loaded.lead_hours == 48 and loaded.checkpoint == BEST and loaded.step == 10
+    assert set(loaded.rmse) == set(CHANNELS) and all(v > 0 and math.isfinite(v) for v in loaded.rmse.values())
+
+    again = Trainer(config, seed=0, ctx=SINGLE)
+    assert again.fit().stopped_by == "already complete"
+    assert again.calibrate() == calibration
+
+
+def test_a_checkpoint_predicts_in_a_fresh_process_from_its_file_alone(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "fresh", training={"max_steps": 4})
+    trainer = Trainer(config, seed=0, ctx=SINGLE)
+    trainer.fit()
+    path = config.run_dir / "checkpoints" / "fresh" / "seed-0" / LAST
+    state = torch.from_numpy(np.stack([open_analysis(config.analysis_path)[c].isel(time=140).values for c in CHANNELS]))[None]
+    np.save(tmp_path / "state.npy", state.numpy())
+    expected = list(Forecaster.from_checkpoint(path).rollout(state, 3))[-1]
+    moved = tmp_path / "elsewhere" / "model.pt"
+    moved.parent.mkdir()
+    shutil.copy(path, moved)
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from pipeline.training.forecast import Forecaster\n"
+        "f = Forecaster.from_checkpoint(sys.argv[1])\n"
+        "x = torch.from_numpy(np.load(sys.argv[2]))\n"
+        "out = list(f.rollout(x, 3))[-1]\n"
+        "np.save(sys.argv[3], out.numpy())\n"
+        "print(f.info.channels, f.info.time_step_hours)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(moved), str(tmp_path / "state.npy"), str(tmp_path / "out.npy")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "('t2m', 'msl', 'u10m') 6" in done.stdout
+    predicted = np.load(tmp_path / "out.npy")
+    assert predicted.shape == (1, 3, 9, 16) and np.isfinite(predicted).all()
+    np.testing.assert_array_equal(predicted, expected.numpy())
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_a_channel_missing_from_the_store_is_named(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "nochannel", channels=[*CHANNELS, "z500"])
+    with pytest.raises(MyriadError, match=r"analysis store .*analysis.zarr: channel\(s\) \['z500'\] are missing"):
+        Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_a_grid_that_does_not_match_the_store_is_refused(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "badgrid", grid={"nlat": 17, "nlon": 32})
+    with pytest.raises(MyriadError, match="grid equiangular-9x16 does not match the configured grid equiangular-17x32"):
+        Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_an_unreadable_stats_file_is_refused(store: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(Path(store["run_dir"]) / "analysis.zarr", run_dir / "analysis.zarr")
+    (run_dir / "stats.nc").write_bytes(b"CDF\x01 this is not netCDF")
+    config = config_for(store, tmp_path, "badstats", run_dir=str(run_dir))
+    with pytest.raises(MyriadError, match=r"stats file .*stats.nc: unreadable"):
+        Trainer(config, seed=0, ctx=SINGLE)
+    xr.Dataset({"mean": ("channel", [1.0])}, coords={"channel": ["t2m"]}).to_netcdf(run_dir / "stats.nc")
+    with pytest.raises(MyriadError, match="stats file .*stats.nc"):
+        Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_a_period_outside_the_store_names_the_key(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "badperiod", training={"val_period": {"start": "2000-02-02T00:00", "end": "2000-03-01T00:00"}})
+    with pytest.raises(MyriadError, match="training.val_period: .* is not inside the analysis store"):
+        Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "diverge", model={"normalization": "none"},
+                        training={"lr": 1e6, "warmup_steps": 0, "grad_clip": None, "checkpoint_every": 1, "max_steps": 50})
+    last = config.run_dir / "checkpoints" / "diverge" / "seed-0" / LAST
+    with pytest.raises(MyriadError, match=r"training diverged at step \d+ \(seed 0\): .*lower training.lr .*last good checkpoint .*last.pt \(step \d+\) is kept") as caught:
+        Trainer(config, seed=0, ctx=SINGLE).fit()
+    kept = read_checkpoint(last)
+    assert f"(step {kept['progress']['step']}) is kept" in str(caught.value)
+    assert kept["progress"]["step"] < 50 and not kept["progress"]["complete"]
+    assert all(torch.isfinite(t).all() for t in kept["model"]["state_dict"].values())
+    digest = sha1(last)
+    load_checkpoint(last)
+    with pytest.raises(MyriadError, match="training diverged"):
+        Trainer(config, seed=0, ctx=SINGLE).fit()  # resumes from the kept checkpoint and diverges again
+    assert sha1(last) == digest
+
+
+def test_the_entry_point_reports_user_errors_in_one_line(store: dict, tmp_path: Path) -> None:
+    config_for(store, tmp_path, "entry", channels=[*CHANNELS, "z500"])
+    done = subprocess.run(run_module_command(tmp_path / "entry.yaml"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith(ERROR_PREFIX)]
+    assert len(errors) == 1 and "['z500'] are missing" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format": "myriad-checkpoint"}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(MyriadError, match="truncated.pt: unreadable"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(MyriadError, match="foreign.pt: not a Myriad checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(MyriadError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(MyriadError, match="no best.pt or last.pt"):
+        select_checkpoint(tmp_path)
+    with pytest.raises(MyriadError, match="calibration .*calibration.json: does not exist"):
+        load_calibration(tmp_path)
