@@ -134,6 +134,59 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 @user_errors
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Ranks per seed (default training.nproc_per_node).")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Train only this seed of training.seeds (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun command lines and exit.")] = False,
+) -> None:
+    """Train the configured model, one checkpoint per seed (torchrun), then calibrate each."""
+    cfg = _load(config, set_)
+    from pipeline.training.launch import plan_training
+
+    plans = plan_training(cfg, config, set_ or [], nproc, seed)
+    if dry_run:
+        for plan in plans:
+            typer.echo(plan.shell_line())
+        return
+    _prefect_ready()
+    from flows.train import train_flow
+
+    outputs = train_flow(str(config), set_ or [], nproc, seed)
+    console.print("checkpoints:")
+    for name, directory in outputs.items():
+        console.print(f"  {name:<8} {directory}", highlight=False)
+
+
+@app.command()
+@user_errors
+def ensemble(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    init: Annotated[list[str] | None, typer.Option("--init", help="Only this init time of ensemble.init_times (repeatable).")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Ranks per init time (torchrun when > 1).")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command lines (one per init time) and exit.")] = False,
+) -> None:
+    """Generate the configured bred-vector ensemble into <run_dir>/ensembles/<name>.zarr."""
+    cfg = _load(config, set_)
+    from pipeline.ensemble.launch import plan_ensemble
+
+    launches = plan_ensemble(cfg, config, set_ or [], nproc, init)
+    if dry_run:
+        for launch in launches:
+            typer.echo(launch.shell_line())
+        return
+    _prefect_ready()
+    from flows.ensemble import ensemble_flow
+
+    outputs = ensemble_flow(str(config), set_ or [], init, nproc)
+    console.print(f"ensemble store: {outputs['ensemble']}", highlight=False)
+    console.print(f'Open it with xarray:\n  import xarray as xr\n  ens = xr.open_zarr("{outputs["ensemble"]}")', highlight=False)
+
+
+@app.command()
+@user_errors
 def inspect(path: Annotated[Path, typer.Argument(help="A Myriad store (analysis.zarr) or stats.nc.")]) -> None:
     """Summarise a store: channels, grid, time span and step, completeness, statistics."""
     from pipeline.data.inspect import render_summary
