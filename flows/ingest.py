@@ -1,9 +1,10 @@
 """Prefect flow: reanalysis (or the planet) -> analysis.zarr -> stats.nc.
 
-Thin: each task calls one pipeline function. Tasks cache on their inputs
-(the config's content hash and the state of the files they produce, never
-datasets), so a rerun with nothing changed skips both; network sources get
-retries with backoff.
+Thin: each task calls one pipeline function. Tasks cache on the config
+sections they depend on and refresh their cache when their output is missing
+or stale (:mod:`pipeline.fingerprints`), so a rerun with nothing changed
+skips both; network sources get retries with backoff. The stage functions are
+themselves idempotent, so a run without a cache record finishes quickly too.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from prefect import flow, task
 from pipeline.config import MyriadConfig, load_config
 from pipeline.data.ingest import ingest
 from pipeline.data.statistics import compute_statistics
-from pipeline.fingerprints import analysis_fingerprint, statistics_fingerprint
+from pipeline.fingerprints import analysis_key, analysis_ready, statistics_key, statistics_ready
 
 
-def _analysis_key(context: object, parameters: dict) -> str | None:
-    return analysis_fingerprint(parameters["config"])
+def _analysis_key(context: object, parameters: dict) -> str:
+    return analysis_key(parameters["config"])
 
 
-def _statistics_key(context: object, parameters: dict) -> str | None:
-    return statistics_fingerprint(parameters["config"])
+def _statistics_key(context: object, parameters: dict) -> str:
+    return statistics_key(parameters["config"])
 
 
 @task(name="ingest", cache_key_fn=_analysis_key, persist_result=True)
@@ -40,11 +41,11 @@ def statistics_task(config: MyriadConfig, analysis_path: str) -> str:
 
 def run_ingest(config: MyriadConfig, with_statistics: bool = True) -> dict[str, str]:
     """Run the ingest (and statistics) tasks inside the current flow."""
-    ingest_with_retries = ingest_task.with_options(retries=3, retry_delay_seconds=[10, 60, 300]) if _is_network(config) else ingest_task
-    analysis = ingest_with_retries(config)
+    retries = {"retries": 3, "retry_delay_seconds": [10, 60, 300]} if _is_network(config) else {}
+    analysis = ingest_task.with_options(refresh_cache=not analysis_ready(config), **retries)(config)
     outputs = {"analysis": analysis}
     if with_statistics:
-        outputs["statistics"] = statistics_task(config, analysis)
+        outputs["statistics"] = statistics_task.with_options(refresh_cache=not statistics_ready(config))(config, analysis)
     return outputs
 
 
@@ -63,4 +64,5 @@ def ingest_flow(config_path: str, overrides: list[str] | None = None) -> dict[st
 def statistics_flow(config_path: str, overrides: list[str] | None = None) -> dict[str, str]:
     """(Re)compute ``stats.nc`` from an existing, complete analysis store."""
     config = load_config(Path(config_path), overrides or [])
-    return {"statistics": statistics_task(config, str(config.analysis_path))}
+    task = statistics_task.with_options(refresh_cache=not statistics_ready(config))
+    return {"statistics": task(config, str(config.analysis_path))}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -21,9 +20,12 @@ from rich.console import Console
 
 from pipeline.config import MyriadConfig, load_config
 from pipeline.errors import MyriadError
+from pipeline.logs import configure_logging
 
 # Our library loggers also go to the Prefect API (visible in the UI per run).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+# A temporary Prefect server would try to send telemetry (and log an error offline).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     name="myriad",
@@ -196,7 +198,7 @@ def inspect(path: Annotated[Path, typer.Argument(help="A Myriad store (analysis.
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     app()
 
 

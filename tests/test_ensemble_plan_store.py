@@ -82,7 +82,7 @@ def test_seeds_are_deterministic_and_shared_within_a_pair() -> None:
     table = plan.seed_table()
     assert table.dtype == np.int64 and table.shape == (2, 10)
     assert np.array_equal(table, again.seed_table())
-    member = plan.members[3]  # checkpoint 0, pair 1, +1
+    # plan.members[3] is checkpoint 0, pair 1, +1
     assert table[1, 3] == member_seed("2000-01-02T00:00", 0, 1, BRED_VECTOR)
     assert table[0, 3] == table[0, 4]  # + and - of one pair share the bred vector
     assert len({table[0, 1], table[0, 3], table[0, 6], table[0, 8], table[1, 1]}) == 5

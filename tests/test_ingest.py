@@ -125,6 +125,7 @@ def test_extension_of_time_end_appends(tmp_path: Path) -> None:
     short_end = "2000-01-11T12:00"  # 43 times: the last block (40..42) is partial
     short = files_config(tmp_path / "run", directory, START, short_end)
     ingest(short, progress=False)
+    assert xr.open_zarr(short.analysis_path).sizes["time"] == 43  # consolidated view of the complete store
     early = {k: v for k, v in _chunk_files(short.analysis_path, "t2m").items() if int(k.split("/")[2]) < 20}
 
     longer = files_config(tmp_path / "run", directory, START, END)
@@ -139,6 +140,8 @@ def test_extension_of_time_end_appends(tmp_path: Path) -> None:
     after = _chunk_files(longer.analysis_path, "t2m")
     assert {k: after[k] for k in early} == early  # complete blocks 0..4 untouched
     assert store_matches_config(longer) and not store_matches_config(short)
+    consolidated = xr.open_zarr(longer.analysis_path, consolidated=True)  # re-consolidated, not stale
+    assert consolidated.sizes["time"] == 80 and consolidated.attrs["n_blocks"] == 10
 
 
 @pytest.mark.parametrize(

@@ -46,15 +46,18 @@ from pipeline.data.sources import Source, build_source
 from pipeline.data.sources.canonical import validate_block, validate_static
 from pipeline.data.store import (
     StoreLayout,
+    consolidate,
     contiguous_ranges,
     create_store,
     extend_store,
     format_ranges,
     format_time,
+    is_complete,
     plan_store,
     write_block,
 )
 from pipeline.errors import MyriadError
+from pipeline.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,8 @@ def ingest(config: MyriadConfig, progress: bool = True) -> IngestResult:
                         write_parallel_distributed(client, source, layout, path, rest, report)
         first_write.result()
         report(first)
+    if is_complete(path):
+        consolidate(path)
 
     seconds = time.perf_counter() - started
     result = IngestResult(path, layout.n_blocks, len(plan.pending), skipped, seconds,
@@ -311,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     try:
         result = ingest(load_config(args.config, args.overrides), progress=not args.no_progress)
     except MyriadError as exc:

@@ -354,6 +354,7 @@ def extend_store(config: MyriadConfig, plan: StorePlan) -> None:
     so an extension killed half-way is simply redone by the next ingest.
     """
     layout = StoreLayout.from_config(config)
+    drop_consolidated(config.analysis_path)
     group = open_store_group(config.analysis_path, mode="r+")
     done = np.asarray(group[COMPLETE_VAR][:])
     for block in plan.pending:
@@ -396,6 +397,33 @@ def write_block(path: str | Path, block: int, block_size: int, data: xr.Dataset,
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def consolidate(path: str | Path) -> None:
+    """Write consolidated metadata into the root ``zarr.json`` of a finished store.
+
+    Consolidated metadata is not part of the Zarr 3 spec, but ``xr.open_zarr``
+    looks for it first (and warns without it) and remote readers open the
+    store with one request. Called only once every block is complete; any
+    later writer calls :func:`drop_consolidated` first, so the consolidated
+    view is never stale.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(path), zarr_format=3)
+
+
+def drop_consolidated(path: str | Path) -> None:
+    """Remove consolidated metadata from the root ``zarr.json`` (atomically, by rename)."""
+    root = Path(path) / "zarr.json"
+    metadata = json.loads(root.read_text())
+    if metadata.pop("consolidated_metadata", None) is None:
+        return
+    partial = root.with_name("zarr.json.partial")
+    partial.write_text(json.dumps(metadata, indent=2))
+    os.replace(partial, root)
 
 
 def completed_blocks(store: StoreLike) -> np.ndarray:

@@ -11,7 +11,6 @@ with 1.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pipeline.config import MyriadConfig, load_config
 from pipeline.ensemble.generator import generate_ensemble
 from pipeline.ensemble.inputs import ensemble_section
 from pipeline.errors import MyriadError
+from pipeline.logs import configure_logging
 from pipeline.training.distributed import init_distributed
 
 ERROR_PREFIX = "myriad-ensemble error: "
@@ -37,17 +37,6 @@ def chosen_init_times(config: MyriadConfig, init_times: list[str], init_index: i
     return [listed[init_index].isoformat()]
 
 
-def _configure_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    tag = f"[rank {rank}/{world}] " if world > 1 else ""
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ensemble.run", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="run config (YAML) with an ensemble: section")
@@ -59,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a config value (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     args = parser.parse_args(argv)
-    _configure_logging()
+    configure_logging()
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     ctx = None

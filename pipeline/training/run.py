@@ -19,6 +19,7 @@ import torch
 
 from pipeline.config import MyriadConfig, load_config
 from pipeline.errors import MyriadError
+from pipeline.logs import configure_logging
 from pipeline.training.distributed import init_distributed
 from pipeline.training.trainer import Trainer
 
@@ -56,17 +57,6 @@ def train_seed(config: MyriadConfig, seed: int) -> None:
         ctx.close()
 
 
-def _configure_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    tag = f"[rank {rank}/{world}] " if world > 1 else ""
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.training.run", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="run config (YAML)")
@@ -76,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     args = parser.parse_args(argv)
-    _configure_logging()
+    configure_logging()
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     try:
