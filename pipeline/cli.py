@@ -128,10 +128,18 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     outputs = end_to_end_flow(str(config), set_ or [])
     console.print("[bold green]done.[/bold green] Outputs:")
     for stage, path in outputs.items():
-        console.print(f"  {stage:<12} {path}")
-    console.print("Open them with xarray:")
-    console.print(f'  import xarray as xr\n  analysis = xr.open_zarr("{cfg.analysis_path}")\n'
-                  f'  stats = xr.open_dataset("{cfg.stats_path}")', highlight=False)
+        console.print(f"  {stage:<12} {path}", highlight=False)
+    console.print("Open them with xarray:", highlight=False)
+    console.print(_open_snippet(cfg, outputs), highlight=False)
+
+
+def _open_snippet(cfg: MyriadConfig, outputs: dict[str, str]) -> str:
+    """Lines of Python that open the run's stores."""
+    lines = ["  import xarray as xr", f'  analysis = xr.open_zarr("{cfg.analysis_path}")',
+             f'  stats = xr.open_dataset("{cfg.stats_path}")']
+    if "ensemble" in outputs:
+        lines.append(f'  ensemble = xr.open_zarr("{outputs["ensemble"]}")')
+    return "\n".join(lines)
 
 
 @app.command()
