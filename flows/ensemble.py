@@ -5,26 +5,27 @@ one rank or as a torchrun job for several (:mod:`pipeline.ensemble.launch`,
 its output streamed into the task's log). Init times run one after another
 (each job already uses every core or GPU it is given); SLURM array jobs run
 them side by side (``deploy/slurm/ensemble.sbatch``). A task is cached on
-:func:`pipeline.ensemble.fingerprint.ensemble_fingerprint`: the config, the
-checkpoints' files and the store's completion record, so a rerun skips
-finished init times, and the generator itself skips finished work units.
+:func:`pipeline.ensemble.fingerprint.ensemble_key` (the config and the
+checkpoints' files) and refreshed unless the store's completion record shows
+the init time finished, so a rerun skips finished init times; the generator
+itself skips finished work units.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import MyriadConfig, load_config
-from pipeline.ensemble.fingerprint import ensemble_fingerprint
+from pipeline.ensemble.fingerprint import ensemble_key, ensemble_ready
 from pipeline.ensemble.generator import generate_ensemble
 from pipeline.ensemble.launch import EnsembleLaunch, plan_ensemble, run_launch
 
 
 def _init_time_key(context: object, parameters: dict) -> str | None:
-    return ensemble_fingerprint(parameters["config"], parameters["launch"].init_time)
+    return ensemble_key(parameters["config"], parameters["launch"].init_time)
 
 
 @task(name="ensemble-init-time", cache_key_fn=_init_time_key, persist_result=True)
@@ -44,8 +45,8 @@ def run_ensemble(config: MyriadConfig, config_path: str, overrides: list[str] | 
                  init_times: list[str] | None = None, nproc: int = 1) -> dict[str, str]:
     """Run the init-time tasks inside the current flow; returns ``{"ensemble": store path}``."""
     launches = plan_ensemble(config, config_path, overrides or [], nproc, init_times)
-    futures = ensemble_init_task.map(unmapped(config), launches, unmapped(nproc))
-    paths = {future.result() for future in futures}
+    paths = {ensemble_init_task.with_options(refresh_cache=not ensemble_ready(config, launch.init_time))(config, launch, nproc)
+             for launch in launches}  # one after another: each job already uses every core it is given
     return {"ensemble": paths.pop()}
 
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.ensemble.fingerprint import ensemble_fingerprint
+from pipeline.ensemble.fingerprint import ensemble_key, ensemble_ready
 from pipeline.ensemble.generator import generate_ensemble
 from pipeline.ensemble.launch import plan_ensemble, run_launch
 from pipeline.ensemble.run import main
@@ -161,7 +161,9 @@ def test_the_flow_generates_every_init_time_and_caches_finished_ones(run: dict, 
 
     path = ensemble_config(run, tmp_path / "flow.yaml", name="flow")
     config = load_config(path)
-    assert [ensemble_fingerprint(config, t) for t in INIT_TIMES] == [None, None]
+    keys = [ensemble_key(config, t) for t in INIT_TIMES]
+    assert all(keys) and keys[0] != keys[1]
+    assert not any(ensemble_ready(config, t) for t in INIT_TIMES)
 
     def task_states() -> list[str]:
         state = ensemble_flow(str(path), return_state=True)
@@ -172,12 +174,11 @@ def test_the_flow_generates_every_init_time_and_caches_finished_ones(run: dict, 
         return sorted(r.state.name for r in runs)
 
     assert task_states() == ["Completed", "Completed"]
-    keys = [ensemble_fingerprint(config, t) for t in INIT_TIMES]
-    assert all(keys) and keys[0] != keys[1]
-    assert task_states() == ["Completed", "Completed"]  # the first run had no key yet; this one stores its result under it
+    assert [ensemble_key(config, t) for t in INIT_TIMES] == keys  # the same key before and after the run
+    assert all(ensemble_ready(config, t) for t in INIT_TIMES)
     assert task_states() == ["Cached", "Cached"]
     group = zarr.open_group(str(store_of(run, "flow")), mode="r+", zarr_format=3, use_consolidated=False)
     group["unit_complete"][1, 0] = 0
-    assert ensemble_fingerprint(config, INIT_TIMES[1]) is None
+    assert not ensemble_ready(config, INIT_TIMES[1]) and ensemble_key(config, INIT_TIMES[1]) == keys[1]
     assert task_states() == ["Cached", "Completed"]
     assert int(group["unit_complete"][...].sum()) == 6

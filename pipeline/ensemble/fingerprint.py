@@ -1,12 +1,12 @@
-"""Cache key of one init time of an ensemble (for the Prefect flow; reads metadata only).
+"""Cache key and readiness of one init time of an ensemble (for the Prefect flow; metadata only).
 
-The key is ``None`` unless the ensemble store exists, was made for this
-plan, and every work unit of the init time is marked complete; then it is a
-hash of the config sections the data depend on (``ensemble`` and the ingest
-sections), the checkpoint and calibration files' sizes and modification
-times, the store's content key and the init time. A retrained checkpoint or
-a changed config gives a new key, so the flow reruns the generator (which
-then refuses a store made for other inputs).
+The key is a hash of the config sections the data depend on (``ensemble``
+and the ingest sections), the checkpoint and calibration files' sizes and
+modification times, the store path and the init time: known before the
+generator runs and the same after. A retrained checkpoint or a changed
+config gives a new key. The flow refreshes the cache unless
+:func:`ensemble_ready` finds the store made for this plan with every work
+unit of the init time marked complete (see :mod:`pipeline.fingerprints`).
 """
 
 from __future__ import annotations
@@ -31,27 +31,37 @@ def _file_stamp(path: Path) -> list[str | int]:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def ensemble_fingerprint(config: MyriadConfig, init_time: InitTime) -> str | None:
-    """Key of a complete init time of the configured ensemble, else None."""
+def ensemble_key(config: MyriadConfig, init_time: InitTime) -> str | None:
+    """Cache key of one init time; None (no caching) without an ensemble section or checkpoints."""
     settings = config.ensemble
     if settings is None:
         return None
+    try:
+        files = [resolve_checkpoint(p) for p in settings.checkpoints]
+        stamps = [_file_stamp(f) for f in files] + [_file_stamp(f.parent / CALIBRATION_FILE) for f in files]
+    except (OSError, MyriadError):
+        return None  # the generator reports the missing file itself
+    path = settings.store_path(config.run_dir)
+    text = json.dumps({"config": config.section_hash("ensemble", *INGEST_SECTIONS), "files": stamps,
+                       "store": str(path.resolve())}, sort_keys=True)
+    iso = np.datetime_as_string(canonical_init_time(init_time), unit="m")
+    return f"ensemble-{hashlib.sha256(text.encode()).hexdigest()[:16]}-{iso}"
+
+
+def ensemble_ready(config: MyriadConfig, init_time: InitTime) -> bool:
+    """True when the store was made for this plan and every unit of ``init_time`` is complete."""
+    settings = config.ensemble
+    if settings is None:
+        return False
     plan = settings.plan()
     t0 = canonical_init_time(init_time)
     path = settings.store_path(config.run_dir)
     if t0 not in plan.init_times or not path.is_dir():
-        return None
+        return False
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
         layout = json.loads(group.attrs[LAYOUT_ATTR])
         complete = np.asarray(group[COMPLETE_VAR][plan.init_times.index(t0), :])
-        files = [resolve_checkpoint(p) for p in settings.checkpoints]
-        stamps = [_file_stamp(f) for f in files] + [_file_stamp(f.parent / CALIBRATION_FILE) for f in files]
-    except (OSError, KeyError, ValueError, MyriadError):
-        return None
-    if layout.get("plan") != plan.describe() or not np.all(complete == 1):
-        return None
-    text = json.dumps({"config": config.section_hash("ensemble", *INGEST_SECTIONS), "files": stamps,
-                       "content": layout.get("content_key"), "store": str(path.resolve())}, sort_keys=True)
-    iso = np.datetime_as_string(t0, unit="m")
-    return f"ensemble-{hashlib.sha256(text.encode()).hexdigest()[:16]}-{iso}"
+    except (OSError, KeyError, ValueError):
+        return False
+    return layout.get("plan") == plan.describe() and bool(np.all(complete == 1))
