@@ -61,6 +61,7 @@ def test_the_store_opens_with_the_documented_dims_coords_and_attrs(run: dict, fu
     assert (len(result.units_written), result.units_skipped, result.member_steps) == (6, 0, 2 * 10 * 3)
     ds = open_store(result.store_path)
     assert set(ds.data_vars) == {*OUTPUTS, "unit_complete"}
+    assert xr.open_zarr(result.store_path, consolidated=True).sizes == ds.sizes  # consolidated once complete
     for name in OUTPUTS:
         assert ds[name].dims == DIMS and ds[name].shape == (2, 10, 4, NLAT, NLON) and ds[name].dtype == np.float32
         assert ds[name].encoding["chunks"] == (1, 4, 1, NLAT, NLON)
@@ -116,6 +117,20 @@ def test_one_init_time_generated_alone_equals_its_part_of_the_full_run(run: dict
         assert np.isnan(alone[name].isel(init_time=0).values).all()
 
 
+def test_two_unit_threads_write_the_same_store_as_one(run: dict, full: tuple[Path, EnsembleRunResult], tmp_path: Path) -> None:
+    path = ensemble_config(run, tmp_path / "threads.yaml", name="threads")
+    torch.set_num_threads(2)  # a CPU process with 2 threads computes 2 units at a time, one intra-op thread each
+    try:
+        result = generate_ensemble(load_config(path), progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert result.units_written == sorted(full[1].units_written) and result.member_steps == full[1].member_steps
+    threaded, reference = open_store(result.store_path), open_store(full[1].store_path)
+    for name in [*OUTPUTS, "unit_complete"]:
+        np.testing.assert_array_equal(threaded[name].values, reference[name].values, err_msg=name)
+
+
 def test_a_rerun_skips_complete_units_and_rewrites_a_partial_one(run: dict, tmp_path: Path) -> None:
     path = ensemble_config(run, tmp_path / "rerun.yaml", name="rerun", init_times=INIT_TIMES[:1])
     first = generate_ensemble(load_config(path), progress=False)
@@ -146,6 +161,7 @@ def bad_cases(run: dict, tmp: Path) -> list[tuple[dict, str]]:
     other_channels = crafted_checkpoint(run, tmp / "channels", channels=["z500", "u500", "v500", "t850"])
     other_grid = crafted_checkpoint(run, tmp / "grid", grid={"nlat": 9, "nlon": 16, "name": "equiangular-9x16"})
     reordered = crafted_checkpoint(run, tmp / "order", channels=["u500", "z500", "v500", "tp6h"])
+    twelve_hourly = crafted_checkpoint(run, tmp / "step", time_step_hours=12)
     uncalibrated = tmp / "uncalibrated"
     uncalibrated.mkdir()
     shutil.copy(Path(seed0) / "best.pt", uncalibrated / "best.pt")
@@ -160,26 +176,53 @@ def bad_cases(run: dict, tmp: Path) -> list[tuple[dict, str]]:
         ({"checkpoints": [seed0, str(reordered)]},
          r"order/best.pt has channels \['u500', 'z500', 'v500', 'tp6h'\] but .*seed-0/best.pt has \['z500', 'u500', 'v500', 'tp6h'\]; "
          r"all checkpoints of an ensemble must share channels, grid and time step"),
+        ({"checkpoints": [seed0, str(other_grid)]},
+         r"grid/best.pt has grid equiangular-9x16 but .*seed-0/best.pt has equiangular-17x32; all checkpoints of an ensemble"),
+        ({"checkpoints": [seed0, str(twelve_hourly)]},
+         r"step/best.pt has time step \(hours\) 12 but .*seed-0/best.pt has 6; all checkpoints of an ensemble"),
         ({"checkpoints": [str(uncalibrated)]}, r"calibration .*uncalibrated/calibration.json: does not exist"),
         ({"output_channels": ["z500", "t2m"]}, r"ensemble.output_channels: \['t2m'\] not among the model's channels"),
         ({"perturbation": {"seed_channels": ["msl"]}}, r"ensemble.perturbation.seed_channels: \['msl'\] not among"),
     ]
 
 
-def test_bad_input_is_refused_before_anything_is_written(run: dict, tmp_path: Path) -> None:
+def forbid_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any breeding or model step fail the test: the checks must come before all compute."""
+
+    def computed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("computed before the inputs were refused")
+
+    monkeypatch.setattr("pipeline.ensemble.generator.breed", computed)
+    monkeypatch.setattr("pipeline.training.forecast.Forecaster.step_normalised", computed)
+
+
+def test_bad_input_is_refused_before_anything_is_written(
+    run: dict, full: tuple[Path, EnsembleRunResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = full[1].store_path
+    before = tree_digest(existing)
+    forbid_compute(monkeypatch)
     for k, (change, message) in enumerate(bad_cases(run, tmp_path)):
         path = ensemble_config(run, tmp_path / f"bad-{k}.yaml", name=f"bad-{k}", **change)
         with pytest.raises(MyriadError, match=message):
             generate_ensemble(load_config(path), progress=False)
         assert not (Path(run["run_dir"]) / "ensembles" / f"bad-{k}.zarr").exists(), change
+        # the same mistake aimed at an existing, complete store leaves it byte for byte as it was
+        path = ensemble_config(run, tmp_path / f"bad-{k}-existing.yaml", name="full", **change)
+        with pytest.raises(MyriadError, match=message):
+            generate_ensemble(load_config(path), progress=False)
+    assert tree_digest(existing) == before
     path = ensemble_config(run, tmp_path / "unknown-init.yaml", name="base")
     with pytest.raises(MyriadError, match=r"--init 2000-01-10T06:00:00: not in ensemble.init_times \(2000-01-10T00:00, 2000-01-11T06:00\)"):
         generate_ensemble(load_config(path), init_times=["2000-01-10T06:00"], progress=False)
 
 
-def test_an_existing_store_of_another_layout_is_refused_and_left_intact(run: dict, full: tuple[Path, EnsembleRunResult], tmp_path: Path) -> None:
+def test_an_existing_store_of_another_layout_is_refused_and_left_intact(
+    run: dict, full: tuple[Path, EnsembleRunResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = full[1].store_path
     before = tree_digest(store)
+    forbid_compute(monkeypatch)
     for change in ({"n_steps": 5}, {"n_pairs": 3}, {"output_channels": ["z500"]}):
         path = ensemble_config(run, tmp_path / "other.yaml", name="full", **change)
         with pytest.raises(MyriadError, match=r"ensemble store .*full.zarr: was made for a different plan/config"):

@@ -46,7 +46,6 @@ from pipeline.data.sources import Source, build_source
 from pipeline.data.sources.canonical import validate_block, validate_static
 from pipeline.data.store import (
     StoreLayout,
-    consolidate,
     contiguous_ranges,
     create_store,
     extend_store,
@@ -58,6 +57,7 @@ from pipeline.data.store import (
 )
 from pipeline.errors import MyriadError
 from pipeline.logs import configure_logging
+from pipeline.zarr_metadata import consolidate
 
 logger = logging.getLogger(__name__)
 

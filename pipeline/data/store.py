@@ -43,6 +43,7 @@ from pipeline.data.channels import channel_attrs
 from pipeline.data.sources.canonical import time_axis as canonical_time_axis
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
+from pipeline.zarr_metadata import drop_consolidated
 
 logger = logging.getLogger(__name__)
 
@@ -397,33 +398,6 @@ def write_block(path: str | Path, block: int, block_size: int, data: xr.Dataset,
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def consolidate(path: str | Path) -> None:
-    """Write consolidated metadata into the root ``zarr.json`` of a finished store.
-
-    Consolidated metadata is not part of the Zarr 3 spec, but ``xr.open_zarr``
-    looks for it first (and warns without it) and remote readers open the
-    store with one request. Called only once every block is complete; any
-    later writer calls :func:`drop_consolidated` first, so the consolidated
-    view is never stale.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        zarr.consolidate_metadata(str(path), zarr_format=3)
-
-
-def drop_consolidated(path: str | Path) -> None:
-    """Remove consolidated metadata from the root ``zarr.json`` (atomically, by rename)."""
-    root = Path(path) / "zarr.json"
-    metadata = json.loads(root.read_text())
-    if metadata.pop("consolidated_metadata", None) is None:
-        return
-    partial = root.with_name("zarr.json.partial")
-    partial.write_text(json.dumps(metadata, indent=2))
-    os.replace(partial, root)
 
 
 def completed_blocks(store: StoreLike) -> np.ndarray:

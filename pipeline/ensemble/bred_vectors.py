@@ -44,14 +44,19 @@ Notation: :math:`x_a(t)` analyses, :math:`M` the model's one-step map
    :func:`pipeline.data.channels.is_non_negative`) of the perturbed members
    clipped at zero.
 
-Centring: before clipping the two members of a pair are
-:math:`\mathrm{fl}(x_0 + \delta x)` and :math:`\mathrm{fl}(x_0 - \delta x)`
-(float32, each correctly rounded once), so their mean equals :math:`x_0`
-exactly in exact arithmetic and to half a float32 ulp of the members in the
-stored values; bit-exact centring in float32 is impossible in general
-(for :math:`|\delta x| \gg |x_0|` no two float32 numbers near
-:math:`\pm\delta x` sum to :math:`2x_0`). Clipping breaks the centring
-where, and only where, it changes a value.
+Centring (:func:`centred_pair`): the members of a pair are
+:math:`p = \mathrm{fl}(x_0 + \delta x)` and :math:`m = 2x_0 - p` when that is
+a float32 number, else :math:`m = \mathrm{fl}(x_0 - \delta x)` and
+:math:`p = 2x_0 - m` when that is one, so that :math:`p + m = 2x_0` exactly
+and the pair mean equals the control bit for bit (also when computed in
+float32: ``(p + m) / 2 == x0``). Each member is within half a float32 ulp of
+the larger member of :math:`x_0 \pm \delta x`. Where neither is a float32
+number, both members' float32 spacings are coarser than the finest power of
+two dividing :math:`2x_0` (possible only where :math:`|\delta x| \gtrsim |x_0|`),
+so no pair of float32 numbers sums to :math:`2x_0`; there both are
+correctly rounded (:math:`x_0 \pm \delta x` to half an ulp each) and the
+pair mean is :math:`x_0` to half an ulp of the members. Clipping breaks the
+centring where, and only where, it changes a value.
 
 Everything runs in float32 under :func:`torch.no_grad`; for given seeds the
 result does not depend on which other pairs are bred in the same call as
@@ -269,6 +274,40 @@ def breed(
     return dx
 
 
+def centred_pair(x0: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members ``(plus, minus)`` near ``x0 + dx`` and ``x0 - dx`` with ``plus + minus == 2 x0`` where float32 allows it.
+
+    Per element (float64 arithmetic, exact for float32 inputs):
+    ``plus = fl(x0 + dx)`` and ``minus = 2 x0 - plus`` if that is a float32
+    number; else ``minus = fl(x0 - dx)`` and ``plus = 2 x0 - minus`` if that
+    is one; else both correctly rounded (see the module docstring: no
+    centred float32 pair exists there). Elementwise, so a member's value
+    does not depend on the other members computed with it.
+
+    Parameters
+    ----------
+    x0
+        Analysis, broadcastable to ``dx``.
+    dx
+        Perturbations.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(plus, minus)`` in ``dx``'s dtype (non-float32 inputs: ``x0 + dx``, ``x0 - dx``).
+    """
+    if dx.dtype != torch.float32:
+        return x0.to(dx.dtype) + dx, x0.to(dx.dtype) - dx
+    a, d = x0.double(), dx.double()
+    plus, minus = (a + d).float().double(), (a - d).float().double()
+    minus_from_plus, plus_from_minus = 2 * a - plus, 2 * a - minus
+    from_plus = minus_from_plus.float().double() == minus_from_plus
+    from_minus = ~from_plus & (plus_from_minus.float().double() == plus_from_minus)
+    plus = torch.where(from_minus, plus_from_minus, plus)
+    minus = torch.where(from_plus, minus_from_plus, minus)
+    return plus.float(), minus.float()
+
+
 def perturbed_states(
     x0: torch.Tensor,
     dx: torch.Tensor,
@@ -279,9 +318,10 @@ def perturbed_states(
 
     The general form of :func:`centred_members` for a member block that holds
     only some members of some pairs: member ``m`` gets its pair's bred vector
-    ``dx[m]`` and ``signs[m]`` in {+1, -1, 0}. ``x0 + (-1) dx`` is bitwise
-    ``x0 - dx`` and ``x0 + 0 dx`` is bitwise ``x0``, so the result equals the
-    matching rows of :func:`centred_members`.
+    ``dx[m]`` and ``signs[m]`` in {+1, -1, 0}: the ``plus`` or ``minus`` of
+    :func:`centred_pair` (elementwise, so the same bits whichever members are
+    computed together), or exactly ``x0``. The result equals the matching
+    rows of :func:`centred_members`.
 
     Parameters
     ----------
@@ -295,8 +335,10 @@ def perturbed_states(
         ``(C,)`` mask of channels clipped at zero in perturbed members
         (the control stays exactly ``x0``).
     """
-    sign = signs.to(device=dx.device, dtype=dx.dtype).view(-1, 1, 1, 1)
-    states = x0.to(dx.dtype) + sign * dx
+    sign = signs.to(device=dx.device).view(-1, 1, 1, 1)
+    x0 = x0.to(device=dx.device, dtype=dx.dtype)
+    plus, minus = centred_pair(x0, dx)
+    states = torch.where(sign > 0, plus, torch.where(sign < 0, minus, x0.expand_as(dx)))
     clip = non_negative.to(dx.device)
     perturbed = (signs != 0).to(dx.device)
     if clip.any() and perturbed.any():

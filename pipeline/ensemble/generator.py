@@ -27,11 +27,24 @@ run computes it: ranks, reruns and regenerations agree bit for bit.
 Ranks: rank 0 creates (or reopens) the store and lists the pending units of
 the selected init times (complete units are skipped, partial ones
 rewritten); rank ``r`` of ``W`` takes pending units ``r, r + W, ...``.
+
+Threads (CPU): a process with ``T`` torch threads runs ``T`` units at a time,
+each on its own thread with one intra-op thread (:func:`unit_workers`),
+instead of one unit on ``T`` intra-op threads. The batches of an ensemble
+member block are small for CPU kernels: their intra-op parallelism gains
+little, and with more runnable threads than free cores (a shared machine)
+its synchronisation collapses (measured on 2 shared cores: one SFNO step of
+8 members took 2.6 s on 2 intra-op threads against 0.13 s on one). A unit is
+therefore always computed by one thread on the CPU, so its bytes do not
+depend on the thread count either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +62,7 @@ from pipeline.ensemble.seed_field import SphericalSeedField
 from pipeline.ensemble.seeds import InitTime, canonical_init_time
 from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore
 from pipeline.errors import MyriadError
+from pipeline.zarr_metadata import consolidate
 from pipeline.training.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
@@ -133,14 +147,78 @@ class MemberForecaster:
         return out.to("cpu", torch.float32).numpy()
 
 
-def generate_unit(forecaster: MemberForecaster, unit: WorkUnit, writer: AsyncLeadWriter, progress: MemberStepProgress) -> None:
+def generate_unit(forecaster: MemberForecaster, unit: WorkUnit, writer: AsyncLeadWriter, progress: MemberStepProgress,
+                  progress_lock: threading.Lock | None = None) -> None:
     """Compute one work unit and queue its leads and its completion mark on ``writer``."""
     groups = forecaster.inputs.plan.checkpoint_groups(unit)
+    lock = progress_lock or contextlib.nullcontext()
     for lead, data in enumerate(forecaster.leads(unit.init_time, groups)):
         writer.submit(unit, lead, data)
         if lead:
-            progress.advance(unit.n_members)
+            with lock:
+                progress.advance(unit.n_members)
     writer.complete(unit)
+
+
+def unit_workers(device: torch.device) -> int:
+    """Units computed at once by one process: its torch thread count on the CPU, 1 on an accelerator."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+@contextlib.contextmanager
+def one_intra_op_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch's intra-op thread count set to 1 for the duration (restored after)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_units(forecaster: MemberForecaster, units: Sequence[WorkUnit], writer: AsyncLeadWriter,
+              progress: MemberStepProgress, workers: int) -> list[tuple[int, int]]:
+    """Compute ``units`` on ``workers`` threads (each takes the next unit when it is free); returns their keys.
+
+    The first error stops the other threads after their current unit and is raised.
+    """
+    if workers <= 1 or len(units) <= 1:
+        for unit in units:
+            generate_unit(forecaster, unit, writer, progress)
+        return [u.key for u in units]
+    pending = iter(units)
+    take, progress_lock = threading.Lock(), threading.Lock()
+    done: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        with torch.inference_mode():  # grad modes are per thread
+            while not errors:
+                with take:
+                    unit = next(pending, None)
+                if unit is None:
+                    return
+                try:
+                    generate_unit(forecaster, unit, writer, progress, progress_lock)
+                except BaseException as exc:  # raised in the caller's thread below
+                    errors.append(exc)
+                    return
+                with take:
+                    done.append(unit.key)
+
+    # each thread runs in a copy of the caller's context (logging inside a Prefect task keeps its run)
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(work,), name=f"ensemble-unit-{k}", daemon=True)
+               for k in range(min(workers, len(units)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sorted(done)
 
 
 def single_process_context() -> DistributedContext:
@@ -225,17 +303,18 @@ def generate_ensemble(
                 store.path.name, len(pending), len(units), len(mine), total)
     forecaster = MemberForecaster(inputs, cache)
     show_bar = bar_wanted(ctx.rank) if progress is None else progress and ctx.is_main
+    workers = unit_workers(ctx.device)
     with torch.inference_mode(), MemberStepProgress(total, f"ensemble {store.path.name}", show_bar) as bar, \
-            AsyncLeadWriter(store, inputs.settings.writer_queue) as writer:
-        for unit in mine:
-            generate_unit(forecaster, unit, writer, bar)
-            result.units_written.append(unit.key)
+            AsyncLeadWriter(store, inputs.settings.writer_queue * workers) as writer, one_intra_op_thread(ctx.device):
+        result.units_written = run_units(forecaster, mine, writer, bar, workers)
         writer.flush()
         result.member_steps = bar.done
     ctx.barrier()
     result.seconds = time.perf_counter() - start
     if ctx.is_main:
         complete = len(store.completed_units())
+        if complete == len(inputs.plan.units):
+            consolidate(store.path)
         logger.info("ensemble %s: %d of %d units complete (%.1f member-steps/s on rank 0)",
                     store.path, complete, len(inputs.plan.units), result.member_steps_per_second)
     return result
@@ -256,7 +335,7 @@ def regenerate_member(config: MyriadConfig, init_time: InitTime, member_index: i
     same_batch
         Compute the member inside the batch the generator used (the members
         of its work unit that share its checkpoint), which reproduces the
-        stored values bit for bit (with the same number of threads);
+        stored values bit for bit (on the CPU both use one intra-op thread);
         ``False`` computes it as a batch of one, equal up to floating-point
         reassociation in the model's kernels.
     cache
@@ -285,6 +364,6 @@ def regenerate_member(config: MyriadConfig, init_time: InitTime, member_index: i
         unit = plan.unit(plan.init_times.index(t0), member_index // plan.member_block)
         batch = dict(plan.checkpoint_groups(unit))[member.checkpoint_index]
     row = batch.index(member)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_intra_op_thread(cache.device):
         leads = MemberForecaster(inputs, cache).leads(t0, [(member.checkpoint_index, batch)])
         return np.stack([lead[row] for lead in leads])

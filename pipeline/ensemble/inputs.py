@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -118,6 +119,7 @@ class AnalysisFrames:
         self.cycles = cycles
         self.step = step
         self._cache: dict[np.datetime64, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()  # units of one process may run on several threads
 
     def times_needed(self, init_time: InitTime) -> list[np.datetime64]:
         """The breeding analyses' times, then the init time."""
@@ -127,12 +129,15 @@ class AnalysisFrames:
     def fields(self, init_time: InitTime) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, breeding)``: the analysis at the init time ``(C, H, W)`` and the ``K`` before it ``(K, C, H, W)``, float32."""
         t0 = canonical_init_time(init_time)
-        if t0 not in self._cache:
-            times = np.array(self.times_needed(t0), dtype="datetime64[ns]")
-            frames = self.analysis[self.channels].sel(time=times).to_array("channel").transpose("time", "channel", ...)
-            values = torch.from_numpy(np.ascontiguousarray(frames.values, dtype=np.float32))
-            self._cache = {t0: (values[-1], values[:-1])}  # one init time at a time
-        return self._cache[t0]
+        with self._lock:
+            if t0 not in self._cache:
+                times = np.array(self.times_needed(t0), dtype="datetime64[ns]")
+                frames = self.analysis[self.channels].sel(time=times).to_array("channel").transpose("time", "channel", ...)
+                values = torch.from_numpy(np.ascontiguousarray(frames.values, dtype=np.float32))
+                if len(self._cache) >= 2:  # the init times of the units in flight
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[t0] = (values[-1], values[:-1])
+            return self._cache[t0]
 
 
 @dataclass(frozen=True)
