@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,7 +38,12 @@ from models.registry import build_model
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time
 from pipeline.errors import MyriadError
-from pipeline.training.calibration import CALIBRATION_FILE, Calibration, load_calibration, write_calibration
+from pipeline.training.calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    load_calibration,
+    write_calibration,
+)
 from pipeline.training.checkpoint import (
     BEST,
     LAST,
@@ -50,11 +56,21 @@ from pipeline.training.checkpoint import (
     seed_directory,
     select_checkpoint,
 )
-from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
+from pipeline.training.dataset import (
+    WindowBatchSampler,
+    WindowDataset,
+    load_frames,
+    open_training_data,
+    resolve_periods,
+)
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.forecast import Forecaster, autocast_context
 from pipeline.training.losses import SphericalMSE, channel_weight_vector
-from pipeline.training.optim import build_optimizer, cosine_with_warmup, set_learning_rate
+from pipeline.training.optim import (
+    build_optimizer,
+    cosine_with_warmup,
+    set_learning_rate,
+)
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
 
 logger = logging.getLogger(__name__)
@@ -178,7 +194,11 @@ class Trainer:
         rollout = Rollout(self.model)
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            rollout = DistributedDataParallel(rollout, device_ids=device_ids, broadcast_buffers=False)
+            # Buffers (static fields, increment scale) are equal on every rank and never change;
+            # torch 2.14 deprecates broadcast_buffers in favour of a keyword older torch lacks.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                rollout = DistributedDataParallel(rollout, device_ids=device_ids, broadcast_buffers=False)
         self.rollout = torch.compile(rollout) if training.compile else rollout
 
         self.sampler = WindowBatchSampler(
