@@ -2,7 +2,7 @@
 
 Checkpoints store ``kind`` and ``hparams`` (a JSON-able dict), so a model
 can be rebuilt from a checkpoint alone, without our config classes.
-Later model families (DYffusion) register their kinds here.
+Spherical DYffusion registers its two networks (one checkpoint per training stage).
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ from typing import Any
 
 from torch import nn
 
+from models.dyffusion import DYffusionForecaster, DYffusionInterpolator
 from models.sfno import SFNO
 
-MODEL_KINDS: dict[str, type[nn.Module]] = {"sfno": SFNO}
+MODEL_KINDS: dict[str, type[nn.Module]] = {
+    "sfno": SFNO,
+    "dyffusion_interpolator": DYffusionInterpolator,
+    "dyffusion_forecaster": DYffusionForecaster,
+}
 
 
 def build_model(kind: str, **hparams: Any) -> nn.Module:

@@ -10,24 +10,64 @@ set up, where the store and the whole config are known.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config_base import StrictModel
 
+DYFFUSION_STAGES = ("interpolator", "forecaster")
+"""Training stages of Spherical DYffusion, in the order they run."""
 
-class ModelConfig(StrictModel):
-    """SFNO hyper-parameters (see :class:`models.sfno.SFNO` for their meaning).
 
-    The channel counts and the grid come from the run config; :meth:`hparams`
-    merges them into the plain dict that :func:`models.registry.build_model`
-    takes and that checkpoints store.
+class DYffusionConfig(StrictModel):
+    """Spherical DYffusion settings (``model.dyffusion`` with ``model.kind: dyffusion``).
+
+    Both networks use the SFNO hyper-parameters of the ``model`` section, always
+    time-conditioned. Stage ``interpolator`` trains into
+    ``checkpoints/<model.name>-interpolator/seed-<k>``, stage ``forecaster`` into
+    ``checkpoints/<model.name>-forecaster/seed-<k>`` with the interpolator frozen.
     """
 
-    kind: Literal["sfno"] = "sfno"
+    horizon: int = 6
+    """h: time steps one chain spans (the paper: 6 six-hourly steps, 36 h). 1 = a plain
+    time-conditioned forecaster, no interpolator."""
+    interpolator_checkpoint: Path | None = None
+    """Trained interpolator for the forecaster stage: a ``.pt`` file or a seed directory
+    (``best.pt``, else ``last.pt``). Default: the same seed's
+    ``<run_dir>/checkpoints/<model.name>-interpolator/seed-<k>``. Relative paths are
+    taken from the working directory."""
+    interpolator_dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout in the interpolator's blocks, kept on at inference: the sampling noise."""
+    forecaster_dropout: float = Field(0.0, ge=0, lt=1)
+    time_scale: float = Field(100.0, gt=0)
+    """Multiplier of the time input i = s/h before its sinusoidal embedding."""
+
+    @field_validator("horizon")
+    @classmethod
+    def _horizon(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"the DYffusion horizon h must be >= 1 (time steps per chain), got {value}")
+        return value
+
+
+class ModelConfig(StrictModel):
+    """Model hyper-parameters (see :class:`models.sfno.SFNO` for their meaning).
+
+    ``kind: sfno`` is the deterministic SFNO; ``kind: dyffusion`` is Spherical
+    DYffusion (:mod:`models.dyffusion`), two time-conditioned SFNOs with these
+    hyper-parameters and the ``dyffusion`` sub-section.
+
+    The channel counts and the grid come from the run config; :meth:`hparams`
+    (SFNO) and :meth:`stage_model` (DYffusion) merge them into the plain dict
+    that :func:`models.registry.build_model` takes and that checkpoints store.
+    """
+
+    kind: Literal["sfno", "dyffusion"] = "sfno"
     name: str = Field("sfno", pattern=r"^[A-Za-z0-9_.-]+$")
-    """Directory under ``<run_dir>/checkpoints/`` (so several models can share a run)."""
+    """Directory under ``<run_dir>/checkpoints/`` (so several models can share a run); default
+    ``dyffusion`` for kind dyffusion, whose stages add ``-interpolator`` / ``-forecaster``."""
     embed_dim: int = Field(64, ge=4)
     num_layers: int = Field(4, ge=1)
     scale_factor: int = Field(2, ge=1)
@@ -73,6 +113,61 @@ class ModelConfig(StrictModel):
             "cond_embed_dim": self.cond_embed_dim,
             "bandlimit_output": self.bandlimit_output,
         }
+
+    dyffusion: DYffusionConfig | None = None
+    """Spherical DYffusion settings; defaults apply with ``kind: dyffusion``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dyffusion_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "dyffusion":
+            data = dict(data)
+            data.setdefault("name", "dyffusion")
+            if data.get("dyffusion") is None:
+                data["dyffusion"] = {}
+        return data
+
+    @model_validator(mode="after")
+    def _dyffusion_section(self) -> ModelConfig:
+        if self.kind == "dyffusion":
+            if self.drop_rate != 0.0:
+                raise ValueError("drop_rate is for kind sfno; with kind dyffusion set "
+                                 "dyffusion.interpolator_dropout / dyffusion.forecaster_dropout")
+        elif self.dyffusion is not None:
+            raise ValueError(f"the dyffusion sub-section needs kind: dyffusion (kind is {self.kind!r})")
+        return self
+
+    def checkpoint_name(self, stage: str | None = None) -> str:
+        """Directory under ``<run_dir>/checkpoints/`` of a model (and DYffusion stage)."""
+        if self.kind != "dyffusion":
+            return self.name
+        return f"{self.name}-{self._stage(stage)}"
+
+    def stage_model(self, stage: str | None, n_channels: int, n_static: int, nlat: int, nlon: int) -> tuple[str, dict[str, Any]]:
+        """Registry kind and hyper-parameters of the network a training stage builds.
+
+        ``stage`` is None for ``kind: sfno`` and ``"interpolator"`` or
+        ``"forecaster"`` for ``kind: dyffusion``.
+        """
+        hparams = self.hparams(n_channels, n_static, nlat, nlon)
+        if self.kind != "dyffusion":
+            if stage is not None:
+                raise ValueError(f"training stage {stage!r} is for model.kind dyffusion (kind is {self.kind!r})")
+            return self.kind, hparams
+        stage = self._stage(stage)
+        dyf = self.dyffusion
+        hparams.update(
+            conditioning=True,
+            horizon=dyf.horizon,
+            time_scale=dyf.time_scale,
+            drop_rate=dyf.interpolator_dropout if stage == "interpolator" else dyf.forecaster_dropout,
+        )
+        return f"dyffusion_{stage}", hparams
+
+    def _stage(self, stage: str | None) -> str:
+        if stage not in DYFFUSION_STAGES:
+            raise ValueError(f"model.kind dyffusion trains in stages {list(DYFFUSION_STAGES)}; got stage {stage!r}")
+        return stage
 
 
 class PeriodConfig(StrictModel):

@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline.config import MyriadConfig
 from pipeline.errors import MyriadError
 from pipeline.training.checkpoint import seed_directory
+from pipeline.training.dyffusion import refuse_in_sfno_trainer
 from pipeline.training.run import ERROR_PREFIX
 
 
@@ -93,6 +94,7 @@ def plan_training(
     """
     if config.model is None or config.training is None:
         raise MyriadError("config: training needs the `model:` and `training:` sections (see configs/quickstart.yaml)")
+    refuse_in_sfno_trainer(config)
     training = config.training
     chosen = list(training.seeds) if not seeds else list(seeds)
     unknown = [s for s in chosen if s not in training.seeds]

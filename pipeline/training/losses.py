@@ -30,9 +30,10 @@ from pipeline.errors import MyriadError
 from pipeline.grid import Grid
 
 
-def channel_weight_vector(channels: list[str], weights: dict[str, float], units: np.ndarray | None = None) -> np.ndarray:
-    """Loss weights ``w_c / s_c^2`` in channel order: ``w`` from ``weights`` (default 1, normalised
-    to mean 1), ``s`` the error units (default 1).
+def channel_weight_vector(channels: list[str], weights: dict[str, float], units: np.ndarray | None = None,
+                          power: int = 2) -> np.ndarray:
+    """Loss weights ``w_c / s_c^power`` in channel order: ``w`` from ``weights`` (default 1, normalised
+    to mean 1), ``s`` the error units (default 1); ``power`` is 2 for squared errors, 1 for absolute ones.
 
     Raises
     ------
@@ -46,7 +47,7 @@ def channel_weight_vector(channels: list[str], weights: dict[str, float], units:
     if vector.sum() <= 0:
         raise MyriadError("training.channel_weights: at least one channel needs a positive weight")
     vector = vector / vector.mean()
-    return vector if units is None else vector / np.square(units)
+    return vector if units is None else vector / np.asarray(units, dtype=np.float64) ** power
 
 
 class SphericalMSE(nn.Module):
@@ -72,3 +73,16 @@ class SphericalMSE(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (self.per_channel(prediction, target) * self.channel_weights).mean()
+
+
+class SphericalL1(SphericalMSE):
+    """Area-weighted, channel-weighted mean absolute error (DYffusion's forecaster loss).
+
+    ``L = 1/(B C) sum_bc w_c/s_c sum_jk q_jk |prediction - target|``; build the
+    weights with ``channel_weight_vector(..., power=1)``.
+    """
+
+    def per_channel(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``sum_jk q_jk |prediction - target|``, shape (B, C), float32."""
+        error = (prediction.float() - target.float()).abs()
+        return (error * self.quadrature).sum(dim=(-2, -1))

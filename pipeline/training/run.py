@@ -21,6 +21,7 @@ from pipeline.config import MyriadConfig, load_config
 from pipeline.errors import MyriadError
 from pipeline.logs import configure_logging
 from pipeline.training.distributed import init_distributed
+from pipeline.training.dyffusion import refuse_in_sfno_trainer
 from pipeline.training.trainer import Trainer
 
 ERROR_PREFIX = "myriad-train error: "
@@ -32,6 +33,7 @@ def choose_seed(config: MyriadConfig, seed: int | None, seed_index: int | None) 
     """The seed to train: ``--seed`` (must be listed), ``--seed-index`` into ``training.seeds``, or the only one."""
     if config.training is None:
         raise MyriadError("config: training needs the `model:` and `training:` sections (see configs/quickstart.yaml)")
+    refuse_in_sfno_trainer(config)
     seeds = config.training.seeds
     if seed is not None:
         if seed not in seeds:

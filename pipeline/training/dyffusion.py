@@ -1,0 +1,310 @@
+r"""Spherical DYffusion's two training stages: checks, batches and losses.
+
+Both stages read windows of :math:`h + 1` consecutive normalised states
+``(x_t, x_{t+1}, ..., x_{t+h})``, shape ``(B, h + 1, C, nlat, nlon)`` (the
+:class:`pipeline.training.dataset.WindowDataset` windows with ``h`` targets),
+and give each sample its own time step (time fractions :math:`i = n / h`,
+see :mod:`models.dyffusion`):
+
+- stage ``interpolator``: :math:`n` uniform in :math:`1 \ldots h-1`; the
+  network sees ``(x_t, x_{t+h}, n/h)`` and is scored against
+  :math:`x_{t+n}` with the area-weighted MSE
+  (:class:`pipeline.training.losses.SphericalMSE`). It needs :math:`h \ge 2`.
+- stage ``forecaster``: :math:`n` uniform in :math:`0 \ldots h-1`; the input
+  is :math:`x_t` for :math:`n = 0`, otherwise the frozen interpolator's
+  :math:`I(x_t, x_{t+h}, n/h)` computed without gradient and with its Monte
+  Carlo dropout on (the states the sampler will feed the forecaster); the
+  forecaster sees ``(input, n/h)`` and is scored against :math:`x_{t+h}` with
+  the area-weighted L1 (:class:`pipeline.training.losses.SphericalL1`). With
+  :math:`h = 1` there is no interpolator and every input is :math:`x_t`.
+
+:func:`check_interpolator` validates the forecaster stage's interpolator
+checkpoint before any training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import MyriadConfig
+from pipeline.errors import MyriadError
+from pipeline.training.checkpoint import (
+    CheckpointInfo,
+    checkpoint_info,
+    load_checkpoint,
+    read_checkpoint,
+    seed_directory,
+    select_checkpoint,
+)
+from pipeline.training.config import DYFFUSION_STAGES
+
+INTERPOLATOR_KIND = "dyffusion_interpolator"
+FORECASTER_KIND = "dyffusion_forecaster"
+
+
+def _dyffusion(config: MyriadConfig):
+    if config.model is None or config.model.kind != "dyffusion":
+        kind = None if config.model is None else config.model.kind
+        raise MyriadError(f"config: DYffusion training needs `model: {{kind: dyffusion}}` (model.kind is {kind!r})")
+    return config.model.dyffusion
+
+
+def refuse_in_sfno_trainer(config: MyriadConfig) -> None:
+    """Stop a ``kind: dyffusion`` config at the SFNO trainer's door with a clear message.
+
+    The stages' batches and losses live here but the trainer does not run
+    them yet (issue 7, phase 2); without this check the registry would fail
+    with an unknown model kind deep inside a worker.
+    """
+    if config.model is not None and config.model.kind == "dyffusion":
+        raise MyriadError(
+            "model.kind dyffusion: `myriad train` does not run the DYffusion stages yet "
+            "(pipeline.training.dyffusion has their batches, losses and checks; the trainer hook is still to come)"
+        )
+
+
+def default_seed(config: MyriadConfig) -> int:
+    """The first of ``training.seeds`` (0 without a training section)."""
+    return config.training.seeds[0] if config.training is not None else 0
+
+
+def check_stage(config: MyriadConfig, stage: str, seed: int | None = None) -> CheckpointInfo | None:
+    """Refuse a DYffusion stage that cannot train, before any data is read.
+
+    Returns the interpolator checkpoint's info for stage ``forecaster`` with
+    ``h >= 2`` (see :func:`check_interpolator`), else None.
+
+    Raises
+    ------
+    MyriadError
+        Not a DYffusion config, an unknown stage, the interpolator stage with
+        ``h = 1``, or a bad interpolator checkpoint.
+    """
+    dyf = _dyffusion(config)
+    if stage not in DYFFUSION_STAGES:
+        raise MyriadError(f"--stage {stage!r}: DYffusion stages are {list(DYFFUSION_STAGES)}")
+    if stage == "interpolator":
+        if dyf.horizon < 2:
+            raise MyriadError(
+                f"model.dyffusion.horizon is {dyf.horizon}: there is nothing between x_t and x_(t+h) to interpolate; "
+                "with h = 1 train only --stage forecaster (it is then a time-conditioned SFNO)"
+            )
+        return None
+    return check_interpolator(config, seed)
+
+
+def interpolator_checkpoint_path(config: MyriadConfig, seed: int | None = None) -> Path:
+    """Where the forecaster stage looks for its interpolator (see ``model.dyffusion.interpolator_checkpoint``).
+
+    Raises
+    ------
+    MyriadError
+        No checkpoint file there.
+    """
+    dyf = _dyffusion(config)
+    seed = default_seed(config) if seed is None else seed
+    configured = dyf.interpolator_checkpoint
+    where = Path(configured) if configured is not None else seed_directory(
+        config.run_dir, config.model.checkpoint_name("interpolator"), seed)
+    key = "model.dyffusion.interpolator_checkpoint" if configured is not None else "default interpolator checkpoint"
+    hint = "train it first with `myriad train CONFIG --stage interpolator`"
+    if where.is_file():
+        return where
+    if where.is_dir():
+        try:
+            return select_checkpoint(where)
+        except MyriadError:
+            raise MyriadError(f"{key} {where}: no best.pt or last.pt in it; {hint}") from None
+    raise MyriadError(f"{key} {where}: does not exist; {hint} or set model.dyffusion.interpolator_checkpoint")
+
+
+def check_interpolator(config: MyriadConfig, seed: int | None = None) -> CheckpointInfo | None:
+    """Check that the forecaster stage's interpolator checkpoint fits this config.
+
+    It must exist, be a ``dyffusion_interpolator`` checkpoint, and share the
+    config's channels (names and order), static fields, grid and horizon. With
+    ``h = 1`` no interpolator is used and None is returned.
+
+    Raises
+    ------
+    MyriadError
+        Naming the checkpoint and each mismatch.
+    """
+    dyf = _dyffusion(config)
+    if dyf.horizon == 1:
+        return None
+    path = interpolator_checkpoint_path(config, seed)
+    info = checkpoint_info(read_checkpoint(path), path)
+    if info.kind != INTERPOLATOR_KIND:
+        raise MyriadError(f"interpolator checkpoint {path}: is a {info.kind!r} checkpoint, not a DYffusion interpolator "
+                          f"(train one with `myriad train CONFIG --stage interpolator`)")
+    static = list(config.static) if config.model.static_inputs else []
+    wanted = {
+        "channels": list(config.channels),
+        "static fields": static,
+        "grid": [config.grid.nlat, config.grid.nlon],
+        "horizon": dyf.horizon,
+    }
+    found = {
+        "channels": list(info.channels),
+        "static fields": list(info.static) if info.hparams.get("n_static", 0) else [],
+        "grid": [info.grid.nlat, info.grid.nlon],
+        "horizon": info.hparams.get("horizon"),
+    }
+    differ = [f"{key} {found[key]} (config: {wanted[key]})" for key in wanted if wanted[key] != found[key]]
+    if differ:
+        raise MyriadError(f"interpolator checkpoint {path}: was trained with other " + "; ".join(differ)
+                          + "; retrain the interpolator for this config or point model.dyffusion.interpolator_checkpoint elsewhere")
+    return info
+
+
+def freeze_interpolator(model: nn.Module) -> nn.Module:
+    """Make ``model`` the forecaster stage's frozen interpolator: eval mode, no gradients, MC dropout on."""
+    model.eval()
+    model.requires_grad_(False)
+    if hasattr(model, "set_mc_dropout"):
+        model.set_mc_dropout(True)
+    return model
+
+
+def load_frozen_interpolator(config: MyriadConfig, seed: int | None = None,
+                             device: str | torch.device = "cpu") -> nn.Module | None:
+    """The checked interpolator of the forecaster stage, frozen (None with ``h = 1``)."""
+    info = check_interpolator(config, seed)
+    if info is None:
+        return None
+    model, _ = load_checkpoint(info.path, map_location=device)
+    return freeze_interpolator(model)
+
+
+# ---------------------------------------------------------------------- batches and losses
+
+
+def _horizon(window: torch.Tensor, *models: object) -> int:
+    if window.ndim != 5 or window.shape[1] < 2:
+        raise ValueError(f"a DYffusion window has shape (B, h + 1, C, nlat, nlon) with h >= 1, got {tuple(window.shape)}")
+    horizon = window.shape[1] - 1
+    for model in models:
+        built = getattr(model, "horizon", None)
+        if built is not None and built != horizon:
+            raise ValueError(f"window spans h = {horizon} steps but the network was built for h = {built}")
+    return horizon
+
+
+def _draw(low: int, high: int, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``batch`` integers uniform in ``low .. high`` (inclusive), on the CPU."""
+    return torch.randint(low, high + 1, (batch,), generator=generator)
+
+
+def interpolator_batch(window: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs and target of the interpolator stage.
+
+    Returns
+    -------
+    (x_start, x_end, i, target)
+        ``x_t``, ``x_{t+h}``, the time fractions ``n / h`` (shape ``(B,)``,
+        ``n`` uniform in ``1 .. h-1``) and ``x_{t+n}``.
+    """
+    h = _horizon(window)
+    if h < 2:
+        raise ValueError("the interpolator stage needs h >= 2 (a window of at least 3 states)")
+    steps = _draw(1, h - 1, window.shape[0], generator).to(window.device)
+    target = window[torch.arange(window.shape[0], device=window.device), steps]
+    return window[:, 0], window[:, h], steps.float() / h, target
+
+
+def interpolator_loss(interpolator: nn.Module, window: torch.Tensor, loss: nn.Module,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage ``interpolator``: ``loss(I(x_t, x_{t+h}, n/h), x_{t+n})`` (``loss`` a SphericalMSE)."""
+    _horizon(window, interpolator)
+    x_start, x_end, i, target = interpolator_batch(window, generator)
+    return loss(interpolator(x_start, x_end, i), target)
+
+
+def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs and target of the forecaster stage.
+
+    Parameters
+    ----------
+    window
+        ``(B, h + 1, C, nlat, nlon)``.
+    interpolator
+        The frozen interpolator (:func:`freeze_interpolator`: dropout on);
+        may be None only when ``h = 1``.
+
+    Returns
+    -------
+    (inputs, i, target)
+        ``x_t`` where ``n = 0`` else ``I(x_t, x_{t+h}, n/h)`` (no gradient),
+        the time fractions ``n / h`` (``n`` uniform in ``0 .. h-1``) and ``x_{t+h}``.
+    """
+    h = _horizon(window, interpolator)
+    batch = window.shape[0]
+    steps = _draw(0, h - 1, batch, generator).to(window.device)
+    i = steps.float() / h
+    x_start, x_end = window[:, 0], window[:, h]
+    inputs = x_start.clone()
+    interpolated = steps > 0
+    if bool(interpolated.any()):
+        if interpolator is None:
+            raise ValueError(f"h = {h}: the forecaster stage needs the frozen interpolator")
+        with torch.no_grad():
+            inputs[interpolated] = interpolator(x_start[interpolated], x_end[interpolated], i[interpolated]).to(inputs.dtype)
+    return inputs, i, x_end
+
+
+def forecaster_loss(forecaster: nn.Module, window: torch.Tensor, interpolator: nn.Module | None, loss: nn.Module,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1)."""
+    _horizon(window, forecaster)
+    inputs, i, target = forecaster_batch(window, interpolator, generator)
+    return loss(forecaster(inputs, i), target)
+
+
+class StageLoss(nn.Module):
+    """One DYffusion stage's loss as a module, ready to wrap in DistributedDataParallel.
+
+    ``forward(window, generator)`` returns the stage loss of a window batch.
+    Only ``network`` (the network this stage trains) is a sub-module: the
+    frozen interpolator of the forecaster stage is held outside the module
+    tree, so DDP neither syncs nor checks it and it stays out of
+    ``state_dict`` and ``parameters()``.
+
+    Parameters
+    ----------
+    stage
+        ``"interpolator"`` or ``"forecaster"``.
+    network
+        The :class:`models.dyffusion.DYffusionInterpolator` or
+        :class:`models.dyffusion.DYffusionForecaster` being trained.
+    loss
+        :class:`pipeline.training.losses.SphericalMSE` (interpolator) or
+        :class:`pipeline.training.losses.SphericalL1` (forecaster).
+    interpolator
+        The frozen interpolator (forecaster stage with ``h >= 2``), see :func:`freeze_interpolator`.
+    """
+
+    def __init__(self, stage: str, network: nn.Module, loss: nn.Module, interpolator: nn.Module | None = None) -> None:
+        super().__init__()
+        if stage not in DYFFUSION_STAGES:
+            raise ValueError(f"stage must be one of {list(DYFFUSION_STAGES)}, got {stage!r}")
+        if stage == "interpolator" and interpolator is not None:
+            raise ValueError("the interpolator stage takes no frozen interpolator")
+        self.stage = stage
+        self.network = network
+        self.loss = loss
+        self._frozen = (interpolator,)  # a tuple attribute: not registered as a sub-module
+
+    @property
+    def interpolator(self) -> nn.Module | None:
+        return self._frozen[0]
+
+    def forward(self, window: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.stage == "interpolator":
+            return interpolator_loss(self.network, window, self.loss, generator)
+        return forecaster_loss(self.network, window, self.interpolator, self.loss, generator)
