@@ -197,6 +197,41 @@ def ensemble(
 
 @app.command()
 @user_errors
+def diagnose(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Verify the ensemble: scores, spectra and extremes into <run_dir>/diagnostics/<name>.zarr, plus a report."""
+    cfg = _load(config, set_)
+    from pipeline.diagnostics.run import open_inputs
+
+    open_inputs(cfg)  # fail fast: opens the stores and checks channels / times (metadata only)
+    _prefect_ready()
+    from flows.diagnose import diagnose_flow
+
+    outputs = diagnose_flow(str(config), set_ or [])
+    console.print(f"diagnostics store: {outputs['diagnostics']}", highlight=False)
+    if "report" in outputs:
+        console.print(f"report:            {outputs['report']}", highlight=False)
+    console.print(f'Open it with xarray:\n  import xarray as xr\n  diag = xr.open_zarr("{outputs["diagnostics"]}")',
+                  highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="Output layout: weatherbench2.")] = "weatherbench2",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output Zarr (default <run_dir>/exports/<ensemble>-weatherbench2.zarr).")] = None,
+) -> None:
+    """Export the ensemble store in another layout (WeatherBench2: time, prediction_timedelta, number)."""
+    cfg = _load(config, set_)
+    from pipeline.diagnostics.export import export as export_store
+
+    path = export_store(cfg, format_, output)
+    console.print(f"exported: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
 def inspect(path: Annotated[Path, typer.Argument(help="A Myriad store (analysis.zarr) or stats.nc.")]) -> None:
     """Summarise a store: channels, grid, time span and step, completeness, statistics."""
     from pipeline.data.inspect import render_summary

@@ -201,7 +201,8 @@ def reliability(
     wsum = weight.where(weight > 0)
     edges = np.linspace(0.0, 1.0, bins + 1)
     okf = ok.astype(np.float64)
-    base = (w * obs.fillna(0.0) * okf).sum(dims) / (w * okf).sum(dims)
+    valid_weight = (w * okf).sum(dims)
+    base = (w * obs.fillna(0.0) * okf).sum(dims) / valid_weight.where(valid_weight > 0)
     ds = xr.Dataset(
         {
             "forecast_probability": wprob / wsum,
@@ -276,8 +277,9 @@ def roc_curve(
     # counts of points reaching at least threshold k = sum over levels j >= k
     hits_ge = hits.isel(level=slice(None, None, -1)).cumsum("level").isel(level=slice(None, None, -1))
     fa_ge = non_events.isel(level=slice(None, None, -1)).cumsum("level").isel(level=slice(None, None, -1))
-    hit_rate = (hits_ge.isel(level=slice(1, None)) / hits_ge.isel(level=0)).rename(level="threshold")
-    far = (fa_ge.isel(level=slice(1, None)) / fa_ge.isel(level=0)).rename(level="threshold")
+    events, non_event_total = hits_ge.isel(level=0), fa_ge.isel(level=0)  # NaN rates where there is no (non-)event
+    hit_rate = (hits_ge.isel(level=slice(1, None)) / events.where(events > 0)).rename(level="threshold")
+    far = (fa_ge.isel(level=slice(1, None)) / non_event_total.where(non_event_total > 0)).rename(level="threshold")
     ds = xr.Dataset({"hit_rate": hit_rate, "false_alarm_rate": far})
     return ds.assign_coords(threshold=t)
 

@@ -73,7 +73,7 @@ def spread_skill_ratio(
     m = _n_members(forecast)
     spread = ensemble_spread(forecast, region, mean_dims)
     rmse = ensemble_mean_rmse(forecast, truth, region, mean_dims)
-    return (np.sqrt((m + 1) / m) * spread / rmse).rename("spread_skill_ratio")
+    return (np.sqrt((m + 1) / m) * spread / rmse.where(rmse > 0)).rename("spread_skill_ratio")  # NaN where RMSE is 0
 
 
 def _crps_kernel(x: np.ndarray, y: np.ndarray, fair: bool, dtype: np.dtype) -> np.ndarray:
