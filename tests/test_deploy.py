@@ -53,7 +53,7 @@ def test_ensemble_sbatch_dry_run_selects_the_array_tasks_init_time() -> None:
 def test_prefect_yaml_declares_the_deployments_with_their_schedules_and_real_flows() -> None:
     spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert {"daily-ensemble", "monthly-ingest", "train", "end-to-end"} <= set(deployments)
+    assert {"daily-ensemble", "monthly-ingest", "train", "diagnostics", "end-to-end"} <= set(deployments)
     assert deployments["daily-ensemble"]["schedules"] == [{"cron": "30 6 * * *", "timezone": "UTC"}]
     assert deployments["monthly-ingest"]["schedules"] == [{"cron": "0 3 5 * *", "timezone": "UTC"}]
     assert "schedules" not in deployments["train"]

@@ -28,9 +28,12 @@ from tests.ensemble_fixtures import planet_run
 pytestmark = pytest.mark.slow
 
 
+DIAGNOSTICS = {"regions": ["global", "tropics"], "quantiles": [0.95], "reliability_bins": 5}
+
+
 def _write_config(root: Path) -> Path:
     path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(planet_run(root), sort_keys=False))
+    path.write_text(yaml.safe_dump({**planet_run(root), "diagnostics": DIAGNOSTICS}, sort_keys=False))
     return path
 
 
@@ -84,6 +87,9 @@ def test_the_main_job_writes_every_stage_and_says_how_to_open_it(reference) -> N
         assert (directory / "last.pt").is_file() and (directory / "calibration.json").is_file()
     ensemble = xr.open_zarr(run_dir / "ensembles" / "base.zarr")
     assert dict(ensemble.z500.sizes) == {"init_time": 2, "member": 10, "lead_time": 4, "latitude": 17, "longitude": 32}
+    diagnostics = xr.open_zarr(run_dir / "diagnostics" / "diagnostics.zarr")
+    assert {"rmse", "spread", "crps"} <= set(diagnostics.data_vars)
+    assert (run_dir / "report" / "index.html").is_file()
     output = result.stdout + result.stderr
     assert 'xr.open_zarr("' in output and "ensemble = xr.open_zarr(" in output
 
@@ -96,10 +102,21 @@ def test_a_rerun_with_nothing_changed_skips_every_stage(reference, cli_env: dict
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-4000:]
     output = result.stdout + result.stderr
-    assert len(re.findall(r"Finished in state Cached", output)) >= 4, output  # ingest, stats, 2 init times
+    assert len(re.findall(r"Finished in state Cached", output)) >= 6, output  # ingest, stats, 2 inits, diagnose, report
     assert output.count("already trained") == 2, output  # both seeds return at once
     assert _mtimes(root / "run") == before
     print(f"rerun with nothing changed: {seconds:.1f} s")
+
+
+def test_a_change_to_the_diagnostics_section_reruns_only_diagnostics(reference, cli_env: dict[str, str]) -> None:
+    root, _ = reference
+    before = _mtimes(root / "run")
+    result = subprocess.run([*MYRIAD, "run", str(root / "tiny.yaml"), "--set", "diagnostics.reliability_bins=4"],
+                            env=cli_env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = _mtimes(root / "run")
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert changed and all(name.startswith(("diagnostics/", "report/")) for name in changed), sorted(changed)[:10]
 
 
 def test_a_run_killed_part_way_and_rerun_ends_with_the_same_outputs(reference, tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -130,5 +147,6 @@ def test_the_readme_query_examples_run_on_real_outputs(reference, monkeypatch: p
     for block in blocks:
         # the tiny run: other paths, model name and dates than the quickstart's
         code = (block.replace("runs/quickstart", "run").replace("checkpoints/sfno", "checkpoints/tiny")
-                .replace('"2001-07"', '"2000-01"'))
+                .replace('"2001-07"', '"2000-01"').replace("ensembles/quickstart.zarr", "ensembles/base.zarr")
+                .replace("diagnostics/quickstart.zarr", "diagnostics/diagnostics.zarr"))
         exec(compile(code, "README.md", "exec"), {})
