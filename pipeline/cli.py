@@ -139,6 +139,8 @@ def _open_snippet(cfg: MyriadConfig, outputs: dict[str, str]) -> str:
              f'  stats = xr.open_dataset("{cfg.stats_path}")']
     if "ensemble" in outputs:
         lines.append(f'  ensemble = xr.open_zarr("{outputs["ensemble"]}")')
+    if "diagnostics" in outputs:
+        lines.append(f'  diagnostics = xr.open_zarr("{outputs["diagnostics"]}")')
     return "\n".join(lines)
 
 

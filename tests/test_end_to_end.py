@@ -47,6 +47,18 @@ def _mtimes(run_dir: Path) -> dict[str, int]:
             if p.is_file() and ".planet-state" not in p.parts}
 
 
+def _processes_using(config: Path) -> list[int]:
+    """PIDs whose command line names ``config`` (the CLI, torchrun and its ranks)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(config).encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]["state_dict"]
 
@@ -129,8 +141,12 @@ def test_a_run_killed_part_way_and_rerun_ends_with_the_same_outputs(reference, t
     while not checkpoints.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)  # mid-training: torchrun and its ranks die with the CLI
+    os.killpg(process.pid, signal.SIGKILL)  # mid-training, the CLI's group only: no clean-up code runs
     process.wait()
+    deadline = time.monotonic() + 60  # the training job (its own process group) gets SIGTERM from the kernel
+    while _processes_using(config) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_using(config), "an orphaned job would write behind the rerun"
     assert not (tmp_path / "run" / "ensembles" / "base.zarr").exists()
 
     result = _run(config, cli_env)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from pipeline.ensemble.inputs import ensemble_section, select_init_times
 from pipeline.ensemble.run import ERROR_PREFIX
 from pipeline.ensemble.seeds import InitTime
 from pipeline.errors import MyriadError
+from pipeline.jobs import run_job
 
 
 @dataclass(frozen=True)
@@ -101,23 +100,6 @@ def run_launch(launch: EnsembleLaunch, on_line: Callable[[str], None]) -> Path:
         The job exited non-zero; the message is the job's own error line
         when it printed one.
     """
-    process = subprocess.Popen(
-        launch.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env={**os.environ, **launch.env}, start_new_session=True,
-    )
-    error_line: str | None = None
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip("\n")
-            on_line(line)
-            if error_line is None and ERROR_PREFIX in line:
-                error_line = line.split(ERROR_PREFIX, 1)[1]
-        code = process.wait()
-    except BaseException:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait()
-        raise
-    if code != 0:
-        raise MyriadError(error_line or f"ensemble job for init time {launch.init_time} failed (exit status {code}); see the log above")
+    run_job(launch.command, launch.env, on_line, ERROR_PREFIX,
+            f"ensemble job for init time {launch.init_time} failed")
     return launch.store_path

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from pathlib import Path
 
 from pipeline.config import MyriadConfig
 from pipeline.errors import MyriadError
+from pipeline.jobs import run_job
 from pipeline.training.checkpoint import seed_directory
 from pipeline.training.dyffusion import refuse_in_sfno_trainer
 from pipeline.training.run import ERROR_PREFIX
@@ -123,23 +122,5 @@ def run_launch(plan: LaunchPlan, on_line: Callable[[str], None]) -> Path:
         The job exited non-zero; the message is the job's own error line
         when it printed one.
     """
-    env = {**os.environ, **plan.env}
-    process = subprocess.Popen(
-        plan.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, start_new_session=True,
-    )
-    error_line: str | None = None
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip("\n")
-            on_line(line)
-            if error_line is None and ERROR_PREFIX in line:
-                error_line = line.split(ERROR_PREFIX, 1)[1]
-        code = process.wait()
-    except BaseException:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait()
-        raise
-    if code != 0:
-        raise MyriadError(error_line or f"training of seed {plan.seed} failed (exit status {code}); see the log above")
+    run_job(plan.command, plan.env, on_line, ERROR_PREFIX, f"training of seed {plan.seed} failed")
     return plan.directory
