@@ -19,7 +19,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
 from pipeline.config import MyriadConfig, load_config
+from pipeline.dask_cluster import cluster_spec
+from pipeline.logs import configure_logging
 from pipeline.diagnostics.config import DiagnosticsConfig
 from pipeline.fingerprints import diagnostics_key, diagnostics_ready
 
@@ -36,6 +40,8 @@ def _report_key(context: object, parameters: dict) -> str:
 def diagnose_task(config: MyriadConfig) -> str:
     """Write the diagnostics store; skipped when it is up to date."""
     from pipeline.diagnostics.run import diagnose
+
+    configure_logging()  # on a Dask worker process our loggers are not set up yet
 
     return str(diagnose(config))
 
@@ -79,12 +85,29 @@ def publish_artifacts(config: MyriadConfig, store: str, index: str | None) -> li
     return rows
 
 
+def diagnostics_task_runner(config: MyriadConfig) -> TaskRunner:
+    """Prefect's ``DaskTaskRunner`` on the cluster of ``config.dask`` (LocalCluster, or SLURMCluster
+    scaled adaptively up to ``dask.n_workers``); a thread pool for ``dask.cluster: threads``."""
+    if config.dask.cluster == "threads":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    cluster_class, cluster_kwargs = cluster_spec(config.dask)
+    adapt = {"minimum": 1, "maximum": config.dask.n_workers} if config.dask.cluster == "slurm" else None
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs, adapt_kwargs=adapt)
+
+
 def run_diagnose(config: MyriadConfig) -> dict[str, str]:
-    """Run the diagnose and report tasks inside the current flow; returns the output paths."""
+    """Run the diagnose and report tasks inside the current flow; returns the output paths.
+
+    The diagnose task is submitted to the flow's task runner: under
+    :func:`diagnostics_task_runner`'s ``DaskTaskRunner`` it runs on a worker
+    of that cluster and computes its graph there (:func:`pipeline.dask_cluster.dask_client`).
+    """
     from pipeline.diagnostics.report import report_ready
 
     settings = config.diagnostics or DiagnosticsConfig()
-    store = diagnose_task.with_options(refresh_cache=not diagnostics_ready(config))(config)
+    store = diagnose_task.with_options(refresh_cache=not diagnostics_ready(config)).submit(config).result()
     outputs = {"diagnostics": store}
     index = None
     if settings.figures:
@@ -94,6 +117,11 @@ def run_diagnose(config: MyriadConfig) -> dict[str, str]:
     publish_artifacts(config, store, index)
     get_run_logger().info("diagnostics: %s", ", ".join(f"{k} {v}" for k, v in outputs.items()))
     return outputs
+
+
+def run_diagnose_flow(config: MyriadConfig, config_path: str, overrides: list[str] | None = None) -> dict[str, str]:
+    """:func:`diagnose_flow` on the task runner of ``config.dask`` (standalone or as a subflow)."""
+    return diagnose_flow.with_options(task_runner=diagnostics_task_runner(config))(config_path, overrides or [])
 
 
 @flow(name="myriad-diagnose", log_prints=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.diagnose import run_diagnose
+from flows.diagnose import run_diagnose_flow
 from flows.ensemble import run_ensemble
 from flows.ingest import run_ingest
 from flows.train import run_training
@@ -37,5 +37,5 @@ def end_to_end_flow(config_path: str, overrides: list[str] | None = None) -> dic
     if config.ensemble is not None:
         outputs.update(run_ensemble(config, config_path, overrides))
     if config.diagnostics is not None:
-        outputs.update(run_diagnose(config))
+        outputs.update(run_diagnose_flow(config, config_path, overrides))  # a subflow on its Dask task runner
     return outputs

@@ -206,9 +206,9 @@ def diagnose(config: ConfigArg, set_: SetOpt = None) -> None:
 
     open_inputs(cfg)  # fail fast: opens the stores and checks channels / times (metadata only)
     _prefect_ready()
-    from flows.diagnose import diagnose_flow
+    from flows.diagnose import run_diagnose_flow
 
-    outputs = diagnose_flow(str(config), set_ or [])
+    outputs = run_diagnose_flow(cfg, str(config), set_ or [])
     console.print(f"diagnostics store: {outputs['diagnostics']}", highlight=False)
     if "report" in outputs:
         console.print(f"report:            {outputs['report']}", highlight=False)

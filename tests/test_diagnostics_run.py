@@ -396,3 +396,24 @@ def test_cli_diagnose_writes_outputs_and_an_unchanged_rerun_is_cached(synthetic_
     assert second.returncode == 0, second.stderr
     assert store.stat().st_ino == inode, "an unchanged rerun rewrote the store"
     assert "Cached" in second.stderr + second.stdout
+
+
+def test_the_flow_runs_the_stage_on_the_dask_task_runners_local_cluster(synthetic_run: MyriadConfig, tmp_path: Path,
+                                                                         cli_env: dict[str, str]) -> None:
+    """`myriad diagnose` with `dask.cluster: local`: the diagnose task is submitted to prefect-dask's
+    DaskTaskRunner (a LocalCluster of `dask.n_workers`) and computes on that cluster."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.diagnose import diagnostics_task_runner
+
+    runner = diagnostics_task_runner(synthetic_run)
+    assert isinstance(runner, DaskTaskRunner)
+    assert runner.cluster_kwargs["n_workers"] == synthetic_run.dask.n_workers
+    config_path = synthetic_run.run_dir.parent / "run.yaml"
+    result = _myriad(["diagnose", str(config_path), "--set", "diagnostics.name=on-dask-runner",
+                      "--set", "diagnostics.figures=false"], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in output, output[-3000:]
+    assert "dask: the task runner's cluster" in output, output[-3000:]  # logged by the task on a worker
+    assert (synthetic_run.run_dir / "diagnostics" / "on-dask-runner.zarr" / "zarr.json").is_file()
