@@ -25,8 +25,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# after `make demo` (train, ensemble and skill use its store and checkpoints)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/ensemble.py --skip-full
+	$(BIN)/python benchmarks/skill.py --checkpoints runs/quickstart/checkpoints/sfno/seed-0 runs/quickstart/checkpoints/sfno/seed-1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
