@@ -8,6 +8,7 @@ subprocesses (the CLI) reach the same server through ``PREFECT_API_URL``.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,21 @@ os.environ.pop("PREFECT_API_URL", None)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MYRIAD = [sys.executable, "-m", "pipeline.cli"]
 """The CLI as a subprocess command (same interpreter as the tests)."""
+
+
+def run_myriad(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``myriad ARGS`` as a user would (subprocess, captured output, 10 min limit)."""
+    return subprocess.run([*MYRIAD, *args], check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 1, no traceback, exactly one ``error:`` line containing every fragment."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,13 @@ printed as one line with exit status 1 and no traceback.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import xarray as xr
 import yaml
 
-from tests.conftest import MYRIAD, REPO_ROOT
+from tests.conftest import REPO_ROOT, assert_one_line_error, run_myriad
 
 TINY_PLANET = {
     "run_dir": "run",
@@ -27,17 +26,6 @@ TINY_PLANET = {
 }
 
 
-def _myriad(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MYRIAD, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_ingest_then_inspect_then_an_unchanged_rerun_is_cached(tiny_config: Path, cli_env: dict[str, str]) -> None:
     workdir = tiny_config.parent
-    first = _myriad(["ingest", str(tiny_config)], cli_env, workdir)
+    first = run_myriad(["ingest", str(tiny_config)], cli_env, workdir)
     assert first.returncode == 0, first.stderr
     store = workdir / "run" / "analysis.zarr"
     assert f"analysis store: {Path('run') / 'analysis.zarr'}" in first.stderr or str(store) in first.stderr
@@ -62,18 +50,18 @@ def test_ingest_then_inspect_then_an_unchanged_rerun_is_cached(tiny_config: Path
     assert float(ds.latitude[0]) == 90.0 and float(ds.latitude[-1]) == -90.0
     assert ds["z500"].attrs["units"] == "m2 s-2"
 
-    shown = _myriad(["inspect", str(store)], cli_env, workdir)
+    shown = run_myriad(["inspect", str(store)], cli_env, workdir)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout + shown.stderr
     for fragment in ("z500", "tp6h", "17", "32", "2000-01-01", "2000-01-10", "6h", "complete"):
         assert fragment in text, text
 
-    stats = _myriad(["inspect", str(workdir / "run" / "stats.nc")], cli_env, workdir)
+    stats = run_myriad(["inspect", str(workdir / "run" / "stats.nc")], cli_env, workdir)
     assert stats.returncode == 0, stats.stderr
     assert "z500" in stats.stdout + stats.stderr
 
     modified = {entry.name: entry.stat().st_mtime_ns for entry in (store / "z500" / "c").rglob("*") if entry.is_file()}
-    rerun = _myriad(["ingest", str(tiny_config)], cli_env, workdir)
+    rerun = run_myriad(["ingest", str(tiny_config)], cli_env, workdir)
     assert rerun.returncode == 0, rerun.stderr
     assert "Cached" in rerun.stdout + rerun.stderr
     assert {entry.name: entry.stat().st_mtime_ns for entry in (store / "z500" / "c").rglob("*") if entry.is_file()} == modified
@@ -83,24 +71,24 @@ def test_a_bad_key_fails_before_any_work_with_one_line(tmp_path: Path, cli_env: 
     config = dict(TINY_PLANET, ingest={"block_size": 8, "chunk_tim": 4})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = _myriad(["ingest", str(path)], cli_env, tmp_path)
-    _assert_one_line_error(result, "ingest.chunk_tim", "unknown key")
+    result = run_myriad(["ingest", str(path)], cli_env, tmp_path)
+    assert_one_line_error(result, "ingest.chunk_tim", "unknown key")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_bad_override_names_the_key(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_PLANET))
-    result = _myriad(["ingest", str(path), "--set", "grid.nlat=-3"], cli_env, tmp_path)
-    _assert_one_line_error(result, "grid.nlat")
+    result = run_myriad(["ingest", str(path), "--set", "grid.nlat=-3"], cli_env, tmp_path)
+    assert_one_line_error(result, "grid.nlat")
     assert not (tmp_path / "run").exists()
 
 
 def test_inspect_of_something_that_is_not_a_store_is_one_clear_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
     (tmp_path / "notes.txt").write_text("not a store")
-    _assert_one_line_error(_myriad(["inspect", str(tmp_path / "notes.txt")], cli_env, tmp_path), "notes.txt")
-    _assert_one_line_error(_myriad(["inspect", str(tmp_path / "missing.zarr")], cli_env, tmp_path), "missing.zarr")
+    assert_one_line_error(run_myriad(["inspect", str(tmp_path / "notes.txt")], cli_env, tmp_path), "notes.txt")
+    assert_one_line_error(run_myriad(["inspect", str(tmp_path / "missing.zarr")], cli_env, tmp_path), "missing.zarr")
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    _assert_one_line_error(_myriad(["ingest", str(tmp_path / "nope.yaml")], cli_env, REPO_ROOT), "nope.yaml")
+    assert_one_line_error(run_myriad(["ingest", str(tmp_path / "nope.yaml")], cli_env, REPO_ROOT), "nope.yaml")

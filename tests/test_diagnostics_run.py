@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, get_args
@@ -33,7 +32,7 @@ from pipeline.data.store import create_store, write_block
 from pipeline.diagnostics.config import ALL_REGIONS, DiagnosticsConfig, RegionName
 from pipeline.ensemble.store import EnsembleStore
 from pipeline.grid import Grid
-from tests.conftest import MYRIAD
+from tests.conftest import assert_one_line_error, run_myriad
 
 NLAT, NLON = 17, 32
 CHANNELS = ["z500", "t850"]
@@ -331,24 +330,13 @@ def test_fair_crps_from_the_standard_one_matches_the_sorted_formula() -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def _myriad(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MYRIAD, *args], check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
 def test_export_writes_the_weatherbench2_layout(synthetic_run: MyriadConfig, tmp_path: Path,
                                                 cli_env: dict[str, str]) -> None:
     config_path = synthetic_run.run_dir.parent / "run.yaml"
     out = tmp_path / "wb2.zarr"
-    result = _myriad(["export", str(config_path), "--format", "weatherbench2", "--output", str(out),
+    result = run_myriad(["export", str(config_path), "--format", "weatherbench2", "--output", str(out),
                       "--set", "dask.cluster=threads"], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
     wb2 = xr.open_zarr(out)
@@ -369,16 +357,16 @@ def test_bad_configs_give_one_line_errors(synthetic_run: MyriadConfig, tmp_path:
     data = _run_dict(synthetic_run.run_dir.parent)
     data["diagnostics"]["bogus_key"] = 1
     bad = _write_yaml(tmp_path / "bad.yaml", data)
-    _assert_one_line_error(_myriad(["diagnose", str(bad)], cli_env, tmp_path), "diagnostics.bogus_key", "unknown key")
+    assert_one_line_error(run_myriad(["diagnose", str(bad)], cli_env, tmp_path), "diagnostics.bogus_key", "unknown key")
 
     data = _run_dict(synthetic_run.run_dir.parent, ensemble="no-such-ensemble")
     missing = _write_yaml(tmp_path / "missing.yaml", data)
-    _assert_one_line_error(_myriad(["diagnose", str(missing)], cli_env, tmp_path), "no-such-ensemble.zarr", "not found")
-    _assert_one_line_error(_myriad(["export", str(missing)], cli_env, tmp_path), "no-such-ensemble.zarr", "not found")
+    assert_one_line_error(run_myriad(["diagnose", str(missing)], cli_env, tmp_path), "no-such-ensemble.zarr", "not found")
+    assert_one_line_error(run_myriad(["export", str(missing)], cli_env, tmp_path), "no-such-ensemble.zarr", "not found")
 
     data = _run_dict(synthetic_run.run_dir.parent, lead_hours=[6, 999])
     leads = _write_yaml(tmp_path / "leads.yaml", data)
-    _assert_one_line_error(_myriad(["diagnose", str(leads), "--set", "dask.cluster=threads"], cli_env, tmp_path),
+    assert_one_line_error(run_myriad(["diagnose", str(leads), "--set", "dask.cluster=threads"], cli_env, tmp_path),
                            "lead hours [999]")
 
 
@@ -386,13 +374,13 @@ def test_cli_diagnose_writes_outputs_and_an_unchanged_rerun_is_cached(synthetic_
                                                                        cli_env: dict[str, str]) -> None:
     config_path = synthetic_run.run_dir.parent / "run.yaml"
     args = ["diagnose", str(config_path), "--set", "dask.cluster=threads", "--set", "diagnostics.name=cli"]
-    first = _myriad(args, cli_env, tmp_path)
+    first = run_myriad(args, cli_env, tmp_path)
     assert first.returncode == 0, first.stderr
     store = synthetic_run.run_dir / "diagnostics" / "cli.zarr"
     assert f"diagnostics store: {store}" in first.stderr.replace("\n", "")
     assert (synthetic_run.run_dir / "report" / "index.html").is_file()
     inode = store.stat().st_ino
-    second = _myriad(args, cli_env, tmp_path)
+    second = run_myriad(args, cli_env, tmp_path)
     assert second.returncode == 0, second.stderr
     assert store.stat().st_ino == inode, "an unchanged rerun rewrote the store"
     assert "Cached" in second.stderr + second.stdout
@@ -410,7 +398,7 @@ def test_the_flow_runs_the_stage_on_the_dask_task_runners_local_cluster(syntheti
     assert isinstance(runner, DaskTaskRunner)
     assert runner.cluster_kwargs["n_workers"] == synthetic_run.dask.n_workers
     config_path = synthetic_run.run_dir.parent / "run.yaml"
-    result = _myriad(["diagnose", str(config_path), "--set", "diagnostics.name=on-dask-runner",
+    result = run_myriad(["diagnose", str(config_path), "--set", "diagnostics.name=on-dask-runner",
                       "--set", "diagnostics.figures=false"], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
