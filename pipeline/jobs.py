@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,6 +25,12 @@ from pipeline.errors import MyriadError
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+\s+")
 _PR_SET_PDEATHSIG = 1
+
+
+def shell_line(command: Sequence[str], env: dict[str, str]) -> str:
+    """``command`` with its extra environment, as one copy-pasteable shell line."""
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return (assignments + " " if assignments else "") + shlex.join(command)
 
 
 def _die_with_parent() -> None:

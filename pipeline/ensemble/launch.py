@@ -13,7 +13,6 @@ fails.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pipeline.ensemble.inputs import ensemble_section, select_init_times
 from pipeline.ensemble.run import ERROR_PREFIX
 from pipeline.ensemble.seeds import InitTime
 from pipeline.errors import MyriadError
-from pipeline.jobs import run_job
+from pipeline.jobs import run_job, shell_line
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,7 @@ class EnsembleLaunch:
 
     def shell_line(self) -> str:
         """The command with its environment, as one copy-pasteable shell line."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return (env + " " if env else "") + shlex.join(self.command)
+        return shell_line(self.command, self.env)
 
 
 def ensemble_command(

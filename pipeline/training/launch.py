@@ -14,7 +14,6 @@ callback (the Prefect logger, or the console) and raises a
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from pipeline.config import MyriadConfig
 from pipeline.errors import MyriadError
-from pipeline.jobs import run_job
+from pipeline.jobs import run_job, shell_line
 from pipeline.training.checkpoint import seed_directory
 from pipeline.training.dyffusion import refuse_in_sfno_trainer
 from pipeline.training.run import ERROR_PREFIX
@@ -39,8 +38,7 @@ class LaunchPlan:
 
     def shell_line(self) -> str:
         """The command with its environment, as one copy-pasteable shell line."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return (env + " " if env else "") + shlex.join(self.command)
+        return shell_line(self.command, self.env)
 
 
 def torchrun_command(
