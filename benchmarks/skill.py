@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import MyriadConfig, load_config
+from pipeline.data.ingest import ensure_analysis
 from pipeline.grid import Grid
 from pipeline.training.checkpoint import select_checkpoint
 from pipeline.training.dataset import load_frames, open_training_data, resolve_periods
@@ -46,18 +47,6 @@ from pipeline.training.validation import climatology, evaluate, evenly_spaced
 
 RESULTS = Path(__file__).resolve().parent / "results" / "skill.json"
 logger = logging.getLogger("benchmarks.skill")
-
-
-def ensure_data(config: MyriadConfig) -> None:
-    from pipeline.fingerprints import statistics_ready
-
-    if not statistics_ready(config):
-        from pipeline.data.ingest import ingest
-        from pipeline.data.statistics import compute_statistics
-
-        logger.info("ingesting %s first", config.analysis_path)
-        ingest(config, progress=False)
-        compute_statistics(config)
 
 
 def kinetic_energy(state: torch.Tensor, channels: tuple[str, ...], grid: Grid) -> torch.Tensor:
@@ -169,7 +158,7 @@ def main() -> None:
         overrides = [*args.overrides, f"model.name={name}", f"training.max_minutes={args.minutes}",
                      f"training.seeds=[{args.seed}]", "training.val_lead_hours=[24,120]"]
         config = load_config(args.config, overrides)
-        ensure_data(config)
+        ensure_analysis(config)
         (plan,) = plan_training(config, args.config, overrides, args.nproc)
         shutil.rmtree(plan.directory, ignore_errors=True)
         started = time.monotonic()

@@ -43,7 +43,7 @@ import torch
 from torch_harmonics.examples.models import SphericalFourierNeuralOperator
 
 from pipeline.config import MyriadConfig, load_config
-from pipeline.fingerprints import statistics_ready
+from pipeline.data.ingest import ensure_analysis
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.forecast import autocast_context
 from pipeline.training.trainer import Trainer
@@ -53,17 +53,6 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "f
 """Dense peak TFLOP/s by device family (bf16 tensor cores; fp32 without TF32)."""
 
 logger = logging.getLogger("benchmarks.train")
-
-
-def ensure_data(config: MyriadConfig) -> None:
-    """Ingest the config's store and statistics unless they are up to date."""
-    if not statistics_ready(config):
-        from pipeline.data.ingest import ingest
-        from pipeline.data.statistics import compute_statistics
-
-        logger.info("ingesting %s first", config.analysis_path)
-        ingest(config, progress=False)
-        compute_statistics(config)
 
 
 def baseline_model(config: MyriadConfig, n_inputs: int) -> torch.nn.Module:
@@ -172,7 +161,7 @@ def main() -> None:
 
     config = load_config(args.config, [*args.overrides, "model.name=benchmark-train", "training.checkpoint_every=1000000000",
                                         "training.log_every=1000000000", "training.max_minutes=null"])
-    ensure_data(config)
+    ensure_analysis(config)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda:0") if cuda else torch.device("cpu")
     ctx = DistributedContext(0, 1, 0, device, None)

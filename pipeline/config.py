@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config_base import StrictModel
-from pipeline.data.channels import STATIC_CODES, parse_channel
+from pipeline.config_base import StrictModel, checked_channel_list
+from pipeline.data.channels import STATIC_CODES
 from pipeline.diagnostics.config import DiagnosticsConfig
 from pipeline.ensemble.config import EnsembleConfig
 from pipeline.errors import MyriadError
@@ -197,11 +197,7 @@ class MyriadConfig(StrictModel):
     @field_validator("channels")
     @classmethod
     def _channels(cls, value: list[str]) -> list[str]:
-        for name in value:
-            parse_channel(name)
-        if len(set(value)) != len(value):
-            raise ValueError(f"duplicate channel names in {value}")
-        return value
+        return checked_channel_list(value)
 
     @field_validator("static")
     @classmethod
@@ -259,6 +255,8 @@ def _format_validation_error(where: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")  # our validators' own messages
         lines.append(f"{loc or '(top level)'}: {msg}")
     return f"config {where}: " + "; ".join(lines)
 

@@ -157,6 +157,17 @@ def ingest(config: MyriadConfig, progress: bool = True) -> IngestResult:
     return result
 
 
+def ensure_analysis(config: MyriadConfig) -> None:
+    """Ingest the store and compute stats.nc unless both are up to date (for scripts and benchmarks)."""
+    from pipeline.data.statistics import compute_statistics
+    from pipeline.fingerprints import statistics_ready
+
+    if not statistics_ready(config):
+        logger.info("ingesting %s first", config.analysis_path)
+        ingest(config, progress=False)
+        compute_statistics(config)
+
+
 # --------------------------------------------------------------------------- reading and validation
 
 

@@ -16,9 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.config_base import StrictModel
-from pipeline.data.channels import parse_channel
-from pipeline.errors import MyriadError
+from pipeline.config_base import StrictModel, checked_channel_list
 
 RegionName = Literal["global", "nh_extratropics", "tropics", "sh_extratropics"]
 """Names of :data:`pipeline.diagnostics.regions.REGIONS` (checked equal by the tests)."""
@@ -91,16 +89,7 @@ class DiagnosticsConfig(StrictModel):
     @field_validator("channels")
     @classmethod
     def _channels(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        for name in value:
-            try:
-                parse_channel(name)
-            except MyriadError as exc:
-                raise ValueError(str(exc)) from None
-        if len(set(value)) != len(value):
-            raise ValueError(f"duplicate channel names in {value}")
-        return value
+        return None if value is None else checked_channel_list(value)
 
     @field_validator("regions")
     @classmethod

@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from pipeline.config_base import StrictModel
-from pipeline.data.channels import parse_channel
+from pipeline.config_base import StrictModel, checked_channel_list
 from pipeline.ensemble.plan import EnsemblePlan
-from pipeline.errors import MyriadError
 from pipeline.grid import Grid
 
 if TYPE_CHECKING:
@@ -31,17 +29,6 @@ DEFAULT_EXTRATROPICS_DEG = 20.0
 """HENS: rescale over each hemisphere poleward of 20 deg."""
 DEFAULT_CORRELATION_LENGTH_KM = 500.0
 """HENS: seed-field length scale."""
-
-
-def _unique_channels(value: list[str]) -> list[str]:
-    for name in value:
-        try:
-            parse_channel(name)
-        except MyriadError as exc:  # a ValueError lets pydantic name the key
-            raise ValueError(str(exc)) from None
-    if len(set(value)) != len(value):
-        raise ValueError(f"duplicate channel names in {value}")
-    return value
 
 
 class BredVectorConfig(StrictModel):
@@ -61,7 +48,7 @@ class BredVectorConfig(StrictModel):
     @field_validator("seed_channels")
     @classmethod
     def _seed_channels(cls, value: list[str]) -> list[str]:
-        return _unique_channels(value)
+        return checked_channel_list(value)
 
     def build_seed_field(self, grid: Grid) -> SphericalSeedField:
         """The seed field on ``grid``."""
@@ -108,7 +95,7 @@ class EnsembleConfig(StrictModel):
     @field_validator("output_channels")
     @classmethod
     def _output_channels(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else _unique_channels(value)
+        return None if value is None else checked_channel_list(value)
 
     def plan(self) -> EnsemblePlan:
         """The member plan of this ensemble."""
