@@ -74,10 +74,8 @@ def stability(forecaster: Forecaster, frames, days: int, n_inits: int, step_hour
             return kinetic_energy(forecaster.normalisation.denormalise(z), channels, grid)
         return normalised_energy(z, grid)
 
-    z = frames.read(starts)
     model_energy, truth_energy, finite = [], [], True
-    for k in range(1, n_steps + 1):
-        z = forecaster.step_normalised(z)
+    for k, z in enumerate(forecaster.rollout_normalised(frames.read(starts), n_steps), start=1):
         finite = finite and bool(torch.isfinite(z).all())
         model_energy.append(energy(z))
         truth_energy.append(energy(frames.read(starts + k)))
@@ -110,7 +108,7 @@ def score_checkpoint(path: Path, config: MyriadConfig, args: argparse.Namespace)
     starts = evenly_spaced(len(val_frames) - max(leads), args.inits)
     ctx = DistributedContext(0, 1, 0, torch.device("cpu"), None)
     loss = SphericalMSE(data.grid, np.ones(len(data.channels)))
-    skill = evaluate(forecaster.step_normalised, val_frames, starts, leads, data.step_hours,
+    skill = evaluate(forecaster.rollout_normalised, val_frames, starts, leads, data.step_hours,
                      climatology(train_frames, config.training.climatology_samples), loss, data.normalisation, ctx)
     beats = {f"{h}h": {c: bool(skill.rmse["model"][i, j] < skill.rmse["persistence"][i, j])
                        for j, c in enumerate(skill.channels)} for i, h in enumerate(skill.lead_hours)}

@@ -35,6 +35,13 @@ from :math:`x_h`. A chain costs :math:`h` forecaster and :math:`2(h-1)`
 interpolator passes, :math:`(3h - 2) / h` network passes per emitted step
 (:attr:`ColdSampler.passes_per_step`).
 
+For forecasts, :class:`DYffusion` holds both trained networks: its
+``forward`` is one emitted step (the first of a chain) and :meth:`DYffusion.rollout`
+chains the sampler. In eval mode its interpolator's dropout is off
+(deterministic) unless the caller supplies per-row generators
+(:func:`models.sfno.dropout_generators`), which makes every ensemble
+member's sampling noise its own.
+
 Only torch here (no I/O). The sampler does not switch gradients off: call it
 under ``torch.no_grad()`` (or ``torch.inference_mode()``) for forecasts.
 """
@@ -179,7 +186,7 @@ class ColdSampler:
     ----------
     interpolator
         ``I(x_t, x_end, i)``: a :class:`DYffusionInterpolator` or any callable
-        of that signature (``i`` of shape ``(B,)``).
+        of that signature (``i`` of shape ``(B,)``); None only with ``h = 1``.
     forecaster
         ``F(x_s, i)``: a :class:`DYffusionForecaster` or any such callable.
     horizon
@@ -195,7 +202,7 @@ class ColdSampler:
         A horizon below 1, no horizon given or known, or networks built for other horizons.
     """
 
-    def __init__(self, interpolator: Interpolate, forecaster: Forecast, horizon: int | None = None,
+    def __init__(self, interpolator: Interpolate | None, forecaster: Forecast, horizon: int | None = None,
                  mc_dropout: bool | None = True) -> None:
         known = {getattr(net, "horizon", None) for net in (interpolator, forecaster)} - {None}
         if horizon is None:
@@ -205,6 +212,8 @@ class ColdSampler:
         elif known - {horizon}:
             raise ValueError(f"horizon {horizon} differs from the networks' {sorted(known)}")
         self.horizon = check_horizon(horizon)
+        if interpolator is None and self.horizon > 1:
+            raise ValueError(f"horizon {self.horizon}: the sampler needs an interpolator (only h = 1 runs without one)")
         self.interpolator = interpolator
         self.forecaster = forecaster
         if mc_dropout is not None and hasattr(interpolator, "set_mc_dropout"):
@@ -250,3 +259,44 @@ class ColdSampler:
                 remaining -= 1
                 yield state
             start = state
+
+
+class DYffusion(nn.Module):
+    r"""Trained Spherical DYffusion for forecasts: the forecaster and its interpolator.
+
+    ``forward(x)`` is one emitted step, :math:`x_1` of a chain from ``x``
+    (so a one-step forecaster API, e.g. breeding, works unchanged);
+    :meth:`rollout` emits any number of steps by chaining the cold sampler.
+
+    Parameters
+    ----------
+    forecaster
+        The trained :class:`DYffusionForecaster`.
+    interpolator
+        The :class:`DYffusionInterpolator` it was trained with (None iff ``h = 1``).
+    """
+
+    def __init__(self, forecaster: DYffusionForecaster, interpolator: DYffusionInterpolator | None) -> None:
+        super().__init__()
+        if interpolator is not None and interpolator.horizon != forecaster.horizon:
+            raise ValueError(f"interpolator horizon {interpolator.horizon} differs from the forecaster's {forecaster.horizon}")
+        self.forecaster = forecaster
+        self.interpolator = interpolator
+        self.sampler = ColdSampler(interpolator, forecaster, forecaster.horizon, mc_dropout=None)
+
+    @property
+    def horizon(self) -> int:
+        return self.sampler.horizon
+
+    @property
+    def passes_per_step(self) -> float:
+        """Network passes per emitted step, :math:`(3h - 2) / h`."""
+        return self.sampler.passes_per_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The first emitted step of a chain started at ``x``."""
+        return next(self.sampler.chain(x))
+
+    def rollout(self, x: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+        """``n_steps`` emitted states from ``x`` (see :meth:`ColdSampler.rollout`)."""
+        return self.sampler.rollout(x, n_steps)

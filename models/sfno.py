@@ -46,12 +46,17 @@ conditioned model equals the unconditioned one.
 
 Dropout sits inside each block's MLP; :meth:`SFNO.set_mc_dropout` keeps it
 active in eval mode (Monte Carlo dropout, the interpolator's only noise in
-DYffusion).
+DYffusion). Inside :func:`dropout_generators` an eval-mode model draws each
+batch row's mask from that row's own generator instead, so a stochastic
+ensemble member gets the same noise whatever batch it is computed in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +66,37 @@ from torch_harmonics import InverseRealSHT, RealSHT
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
+_ROW_GENERATORS: ContextVar[tuple[torch.Generator, ...] | None] = ContextVar("mc_dropout_row_generators", default=None)
+
+
+@contextmanager
+def dropout_generators(generators: Sequence[torch.Generator] | None) -> Iterator[None]:
+    """Within the block, eval-mode :class:`MCDropout` layers draw row ``b``'s mask from ``generators[b]``.
+
+    The setting is per thread and per context (a :class:`contextvars.ContextVar`),
+    so threads sharing one model each use their own generators. ``None`` leaves
+    the usual behaviour. Training mode ignores it.
+    """
+    token = _ROW_GENERATORS.set(None if generators is None else tuple(generators))
+    try:
+        yield
+    finally:
+        _ROW_GENERATORS.reset(token)
+
+
 class MCDropout(nn.Module):
-    """Element-wise dropout that can stay active in eval mode.
+    r"""Element-wise dropout that can stay active in eval mode.
+
+    Kept values are scaled by :math:`1 / (1 - p)`, so the expectation is the
+    identity. In training mode (or with :attr:`always_on`) masks come from
+    torch's global generator; in eval mode inside :func:`dropout_generators`
+    row ``b`` gets the mask :math:`m_b \sim \mathrm{Bernoulli}(1 - p)` drawn
+    from its own generator; otherwise eval mode is the identity.
 
     Parameters
     ----------
     p
-        Drop probability; kept values are scaled by ``1 / (1 - p)``.
+        Drop probability.
     """
 
     def __init__(self, p: float) -> None:
@@ -78,10 +107,22 @@ class MCDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0:
             return x
-        return F.dropout(x, self.p, training=self.training or self.always_on)
+        generators = None if self.training else _ROW_GENERATORS.get()
+        if generators is None:
+            return F.dropout(x, self.p, training=self.training or self.always_on)
+        if len(generators) != x.shape[0]:
+            raise ValueError(f"dropout_generators: {len(generators)} generators for a batch of {x.shape[0]}")
+        keep = torch.stack([torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p, generator=g)
+                            for g in generators])
+        return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, always_on={self.always_on}"
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` holds an :class:`MCDropout` with ``p > 0`` (a stochastic sampler)."""
+    return any(isinstance(m, MCDropout) and m.p > 0 for m in model.modules())
 
 
 class SinusoidalEmbedding(nn.Module):

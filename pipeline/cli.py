@@ -151,21 +151,25 @@ def train(
     set_: SetOpt = None,
     nproc: Annotated[int | None, typer.Option("--nproc", help="Ranks per seed (default training.nproc_per_node).")] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="Train only this seed of training.seeds (repeatable).")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="DYffusion: train only this stage (interpolator or forecaster); default both, in order.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun command lines and exit.")] = False,
 ) -> None:
     """Train the configured model, one checkpoint per seed (torchrun), then calibrate each."""
     cfg = _load(config, set_)
+    from pipeline.training.dyffusion import checked_stage, stages_to_train
     from pipeline.training.launch import plan_training
 
-    plans = plan_training(cfg, config, set_ or [], nproc, seed)
+    stages = [checked_stage(cfg, stage)] if stage else stages_to_train(cfg)
     if dry_run:
-        for plan in plans:
-            typer.echo(plan.shell_line())
+        for step, name in enumerate(stages):  # later stages need the earlier ones' checkpoints: not checked here
+            for plan in plan_training(cfg, config, set_ or [], nproc, seed, name, check_interpolators=step == 0):
+                typer.echo(plan.shell_line())
         return
+    plan_training(cfg, config, set_ or [], nproc, seed, stages[0])  # refuse bad input before Prefect starts
     _prefect_ready()
     from flows.train import train_flow
 
-    outputs = train_flow(str(config), set_ or [], nproc, seed)
+    outputs = train_flow(str(config), set_ or [], nproc, seed, stage)
     console.print("checkpoints:")
     for name, directory in outputs.items():
         console.print(f"  {name:<8} {directory}", highlight=False)

@@ -306,7 +306,7 @@ def test_check_interpolator_finds_and_checks_the_checkpoint(tmp_path: Path) -> N
     write_interpolator(config, default / "last.pt")
     info = check_interpolator(config)
     assert info.path == default / "last.pt" and info.kind == "dyffusion_interpolator"
-    model = load_frozen_interpolator(config)
+    model = load_frozen_interpolator(info.path)
     assert isinstance(model, DYffusionInterpolator) and not model.training
     assert not any(p.requires_grad for p in model.parameters())
     # an explicit file with other channels, another horizon, another kind
@@ -424,15 +424,3 @@ def test_stage_loss_module_holds_only_the_trained_network() -> None:
     assert torch.isfinite(StageLoss("interpolator", DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY), mse)(w))
     with pytest.raises(ValueError, match="no frozen interpolator"):
         StageLoss("interpolator", frozen, mse, frozen)
-
-
-def test_train_commands_refuse_dyffusion_until_the_trainer_runs_its_stages(tmp_path: Path) -> None:
-    from pipeline.training.launch import plan_training
-    from pipeline.training.run import choose_seed
-
-    config = dyffusion_config(tmp_path, horizon=2)
-    with pytest.raises(MyriadError, match="does not run the DYffusion stages yet"):
-        plan_training(config, tmp_path / "config.yaml")
-    with pytest.raises(MyriadError, match="does not run the DYffusion stages yet"):
-        choose_seed(config, None, None)
-    assert len(plan_training(config_from_dict(base_config(tmp_path)), tmp_path / "config.yaml")) == 1

@@ -194,6 +194,7 @@ def forbid_compute(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("pipeline.ensemble.generator.breed", computed)
     monkeypatch.setattr("pipeline.training.forecast.Forecaster.step_normalised", computed)
+    monkeypatch.setattr("pipeline.training.forecast.Forecaster.rollout_normalised", computed)
 
 
 def test_bad_input_is_refused_before_anything_is_written(

@@ -58,7 +58,7 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process_with_the_whole_batch(
     two = config_file(store, tmp_path, "two-ranks", training=training)
     run_to_end(run_module_command(one))
     lines: list[str] = []
-    plan = LaunchPlan(0, torchrun_command(two, 0, nproc_per_node=2), {"OMP_NUM_THREADS": "1"}, Path())
+    plan = LaunchPlan(0, None, torchrun_command(two, 0, nproc_per_node=2), {"OMP_NUM_THREADS": "1"}, Path())
     run_launch(plan, lines.append)
     assert any("[rank 0/2]" in line and "step 6/6" in line for line in lines)
 

@@ -13,7 +13,11 @@ Python values (it loads with ``weights_only=True``):
   total steps, elapsed seconds, complete), ``optimizer``,
   ``rng`` (torch, CUDA, numpy and Python generator states of every rank),
   ``world_size``, ``metrics`` (latest validation), ``best_score``;
-- ``config``: the run config as JSON text.
+- ``config``: the run config as JSON text;
+- DYffusion forecaster stage only: ``interpolator``, the frozen interpolator
+  it was trained with (``kind``, ``hparams``, ``state_dict``, ``source``
+  path), so the forecaster's file alone rebuilds the whole sampler
+  (:class:`models.dyffusion.DYffusion`).
 
 Files are written atomically: a temporary file in the same directory,
 flushed to disk, then ``os.replace``; a killed writer leaves at most a
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.dyffusion import DYffusion
 from models.registry import build_model
 from pipeline import __version__
 from pipeline.errors import MyriadError
@@ -45,6 +50,8 @@ from pipeline.training.normalisation import Normalisation
 logger = logging.getLogger(__name__)
 
 FORMAT = "myriad-checkpoint"
+FORECASTER_KIND = "dyffusion_forecaster"
+INTERPOLATOR_KIND = "dyffusion_interpolator"
 FORMAT_VERSION = 1
 LAST = "last.pt"
 BEST = "best.pt"
@@ -173,6 +180,13 @@ def checkpoint_info(payload: dict[str, Any], path: Path) -> CheckpointInfo:
     )
 
 
+def _rebuild(section: dict[str, Any]) -> nn.Module:
+    """A network from a checkpoint's ``kind``/``hparams``/``state_dict`` section."""
+    model = build_model(section["kind"], **section["hparams"])
+    model.load_state_dict(section["state_dict"])
+    return model
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
     """Rebuild the model of a checkpoint from the file alone, in eval mode.
 
@@ -186,7 +200,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Returns
     -------
     (model, info)
-        The model with its weights and static fields; ``info`` carries
+        The model with its weights and static fields (for a DYffusion
+        forecaster: :class:`models.dyffusion.DYffusion`, forecaster plus its
+        interpolator, whose ``forward`` is one step); ``info`` carries
         channels, grid, time step, normalisation and training progress.
 
     Raises
@@ -198,8 +214,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     payload = read_checkpoint(path, map_location)
     info = checkpoint_info(payload, path)
     try:
-        model = build_model(info.kind, **info.hparams)
-        model.load_state_dict(payload["model"]["state_dict"])
+        model = _rebuild(payload["model"])
+        if info.kind == FORECASTER_KIND:
+            frozen = payload.get("interpolator")
+            model = DYffusion(model, _rebuild(frozen) if frozen is not None else None)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise MyriadError(f"checkpoint {path}: cannot rebuild the {info.kind!r} model ({exc})") from None
     model.to(map_location)

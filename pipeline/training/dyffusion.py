@@ -19,19 +19,22 @@ see :mod:`models.dyffusion`):
   :math:`h = 1` there is no interpolator and every input is :math:`x_t`.
 
 :func:`check_interpolator` validates the forecaster stage's interpolator
-checkpoint before any training starts.
+checkpoint before any training starts; :func:`evaluate_interpolator` scores
+the interpolator stage against linear interpolation in time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.config import MyriadConfig
 from pipeline.errors import MyriadError
 from pipeline.training.checkpoint import (
+    INTERPOLATOR_KIND,
     CheckpointInfo,
     checkpoint_info,
     load_checkpoint,
@@ -40,9 +43,12 @@ from pipeline.training.checkpoint import (
     select_checkpoint,
 )
 from pipeline.training.config import DYFFUSION_STAGES
+from pipeline.training.dataset import Frames
+from pipeline.training.distributed import DistributedContext
+from pipeline.training.losses import SphericalMSE
+from pipeline.training.normalisation import Normalisation
+from pipeline.training.validation import Skill
 
-INTERPOLATOR_KIND = "dyffusion_interpolator"
-FORECASTER_KIND = "dyffusion_forecaster"
 
 
 def _dyffusion(config: MyriadConfig):
@@ -52,18 +58,40 @@ def _dyffusion(config: MyriadConfig):
     return config.model.dyffusion
 
 
-def refuse_in_sfno_trainer(config: MyriadConfig) -> None:
-    """Stop a ``kind: dyffusion`` config at the SFNO trainer's door with a clear message.
+def checked_stage(config: MyriadConfig, stage: str | None) -> str | None:
+    """The training stage of a run: None for ``kind: sfno``, a DYffusion stage name for ``kind: dyffusion``.
 
-    The stages' batches and losses live here but the trainer does not run
-    them yet (issue 7, phase 2); without this check the registry would fail
-    with an unknown model kind deep inside a worker.
+    Raises
+    ------
+    MyriadError
+        A stage for an SFNO, no stage or an unknown one for DYffusion.
     """
-    if config.model is not None and config.model.kind == "dyffusion":
-        raise MyriadError(
-            "model.kind dyffusion: `myriad train` does not run the DYffusion stages yet "
-            "(pipeline.training.dyffusion has their batches, losses and checks; the trainer hook is still to come)"
-        )
+    kind = config.model.kind if config.model is not None else None
+    if kind != "dyffusion":
+        if stage is not None:
+            raise MyriadError(f"--stage {stage}: training stages are for model.kind dyffusion (model.kind is {kind!r})")
+        return None
+    if stage is None:
+        raise MyriadError(f"model.kind dyffusion trains in two stages: pass --stage {' or --stage '.join(DYFFUSION_STAGES)} "
+                          "(the train flow and `myriad run` run both in order)")
+    if stage not in DYFFUSION_STAGES:
+        raise MyriadError(f"--stage {stage!r}: DYffusion stages are {list(DYFFUSION_STAGES)}")
+    return stage
+
+
+def stages_to_train(config: MyriadConfig) -> list[str | None]:
+    """The stages a full training of the configured model runs, in order.
+
+    ``[None]`` for an SFNO; ``["interpolator", "forecaster"]`` for DYffusion
+    (``["forecaster"]`` with ``h = 1``, or when ``model.dyffusion.interpolator_checkpoint``
+    points at an interpolator trained elsewhere).
+    """
+    if config.model is None or config.model.kind != "dyffusion":
+        return [None]
+    dyf = config.model.dyffusion
+    if dyf.horizon == 1 or dyf.interpolator_checkpoint is not None:
+        return ["forecaster"]
+    return list(DYFFUSION_STAGES)
 
 
 def default_seed(config: MyriadConfig) -> int:
@@ -170,14 +198,43 @@ def freeze_interpolator(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_frozen_interpolator(config: MyriadConfig, seed: int | None = None,
-                             device: str | torch.device = "cpu") -> nn.Module | None:
-    """The checked interpolator of the forecaster stage, frozen (None with ``h = 1``)."""
-    info = check_interpolator(config, seed)
-    if info is None:
-        return None
-    model, _ = load_checkpoint(info.path, map_location=device)
+def load_frozen_interpolator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The forecaster stage's interpolator (checked with :func:`check_interpolator`), frozen."""
+    model, _ = load_checkpoint(path, map_location=device)
     return freeze_interpolator(model)
+
+
+@torch.no_grad()
+def evaluate_interpolator(interpolator: nn.Module, frames: Frames, starts: np.ndarray, horizon: int, step_hours: int,
+                          loss: SphericalMSE, normalisation: Normalisation, ctx: DistributedContext,
+                          batch_size: int = 8) -> Skill:
+    r"""Interpolation skill at each interior step :math:`n = 1 \ldots h-1` of the horizon.
+
+    For windows :math:`(x_t, \ldots, x_{t+h})` from ``starts``: area-weighted
+    RMSE per channel (physical units) of ``model`` :math:`I(x_t, x_{t+h}, n/h)`
+    (dropout off) and of ``linear`` :math:`(1 - n/h)\,x_t + (n/h)\,x_{t+h}`,
+    both against :math:`x_{t+n}`. Starts are split over ranks and the sums
+    added, as :func:`pipeline.training.validation.evaluate` does; the Skill's
+    lead times are :math:`n` steps.
+    """
+    interpolator.eval()
+    sums = torch.zeros(2, horizon - 1, len(normalisation.channels), dtype=torch.float64, device=ctx.device)
+    mine = np.asarray(starts)[ctx.rank :: ctx.world_size]
+    for first in range(0, len(mine), batch_size):
+        batch = mine[first : first + batch_size]
+        window = frames.read(batch[:, None] + np.arange(horizon + 1)[None, :]).to(ctx.device)
+        x_start, x_end = window[:, 0], window[:, horizon]
+        for n in range(1, horizon):
+            fraction = n / horizon
+            guesses = (interpolator(x_start, x_end, fraction).float(), (1 - fraction) * x_start + fraction * x_end)
+            for r, guess in enumerate(guesses):
+                sums[r, n - 1] += loss.per_channel(guess, window[:, n]).double().sum(dim=0)
+    count = torch.tensor([float(len(mine))], dtype=torch.float64, device=ctx.device)
+    ctx.all_reduce_sum(sums)
+    ctx.all_reduce_sum(count)
+    rmse = torch.sqrt(sums / count).cpu().numpy() * normalisation.std[None, None, :]
+    return Skill(lead_hours=tuple(n * step_hours for n in range(1, horizon)), channels=normalisation.channels,
+                 rmse={"model": rmse[0], "linear": rmse[1]}, n_inits=int(count.item()))
 
 
 # ---------------------------------------------------------------------- batches and losses

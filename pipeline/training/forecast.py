@@ -3,19 +3,24 @@
 A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
 ``x = z * std + mean``; the ensemble stage, validation and calibration all
-go through it. On CUDA the model runs under bf16 autocast (the SHT stays
+go through it. A model with its own ``rollout(z, n_steps)`` (Spherical
+DYffusion's cold sampler, :class:`models.dyffusion.DYffusion`, whose state
+is more than the last emitted step) is rolled out by that; ``forward`` is
+then only its first step. Rollouts take optional per-row dropout generators
+(:func:`models.sfno.dropout_generators`) for stochastic members. On CUDA the model runs under bf16 autocast (the SHT stays
 float32 inside the model) and states are kept in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.sfno import dropout_generators
 from pipeline.training.checkpoint import CheckpointInfo, load_checkpoint
 from pipeline.training.normalisation import Normalisation
 
@@ -64,15 +69,36 @@ class Forecaster:
             return self.model(z.to(self.device)).float()
 
     @torch.no_grad()
+    def rollout_normalised(self, z: torch.Tensor, n_steps: int,
+                           generators: Sequence[torch.Generator] | None = None) -> Iterator[torch.Tensor]:
+        """Yield ``n_steps`` successive normalised states (float32) from ``z``.
+
+        ``generators`` (one per batch row) draw the Monte Carlo dropout masks of
+        a stochastic model; without them an eval-mode model is deterministic.
+        """
+        z = z.to(self.device)
+        own = getattr(self.model, "rollout", None)
+        states = own(z, n_steps) if own is not None else self._iterate(z, n_steps)
+        for _ in range(n_steps):
+            with dropout_generators(generators), autocast_context(self.device, self.bf16):
+                z = next(states).float()
+            yield z
+
+    def _iterate(self, z: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+        for _ in range(n_steps):
+            z = self.model(z).float()
+            yield z
+
+    @torch.no_grad()
     def step(self, state: torch.Tensor) -> torch.Tensor:
         """One step from a physical state ``(B, C, nlat, nlon)``; returns the physical next state."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
         return self.normalisation.denormalise(self.step_normalised(z))
 
     @torch.no_grad()
-    def rollout(self, state: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
-        """Yield the physical states after 1, 2, ..., ``n_steps`` steps from ``state``."""
+    def rollout(self, state: torch.Tensor, n_steps: int,
+                generators: Sequence[torch.Generator] | None = None) -> Iterator[torch.Tensor]:
+        """Yield the physical states after 1, 2, ..., ``n_steps`` steps from ``state`` (see :meth:`rollout_normalised`)."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
-        for _ in range(n_steps):
-            z = self.step_normalised(z)
+        for z in self.rollout_normalised(z, n_steps, generators):
             yield self.normalisation.denormalise(z)

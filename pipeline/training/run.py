@@ -1,8 +1,9 @@
-"""Entry point of one training job: ``python -m pipeline.training.run CONFIG --seed K``.
+"""Entry point of one training job: ``python -m pipeline.training.run CONFIG --seed K [--stage S]``.
 
 Run it under torchrun (``myriad train`` builds that command line, see
 :mod:`pipeline.training.launch`) or alone as a single process. It trains
-(or resumes) the seed, then calibrates the checkpoint. A user error prints
+(or resumes) the seed, then calibrates the checkpoint (not after the
+DYffusion interpolator stage, which makes no forecasts). A user error prints
 one line starting with :data:`ERROR_PREFIX` on stderr and exits with 1, so
 the launcher can report it without the workers' tracebacks.
 """
@@ -21,7 +22,7 @@ from pipeline.config import MyriadConfig, load_config
 from pipeline.errors import MyriadError
 from pipeline.logs import configure_logging
 from pipeline.training.distributed import init_distributed
-from pipeline.training.dyffusion import refuse_in_sfno_trainer
+from pipeline.training.dyffusion import checked_stage
 from pipeline.training.trainer import Trainer
 
 ERROR_PREFIX = "myriad-train error: "
@@ -33,7 +34,6 @@ def choose_seed(config: MyriadConfig, seed: int | None, seed_index: int | None) 
     """The seed to train: ``--seed`` (must be listed), ``--seed-index`` into ``training.seeds``, or the only one."""
     if config.training is None:
         raise MyriadError("config: training needs the `model:` and `training:` sections (see configs/quickstart.yaml)")
-    refuse_in_sfno_trainer(config)
     seeds = config.training.seeds
     if seed is not None:
         if seed not in seeds:
@@ -48,13 +48,14 @@ def choose_seed(config: MyriadConfig, seed: int | None, seed_index: int | None) 
     return seeds[0]
 
 
-def train_seed(config: MyriadConfig, seed: int) -> None:
-    """Train (or resume) one seed on this process group, then calibrate it."""
+def train_seed(config: MyriadConfig, seed: int, stage: str | None = None) -> None:
+    """Train (or resume) one seed (of one DYffusion stage) on this process group, then calibrate its forecasts."""
     ctx = init_distributed(config.training.backend)
     try:
-        trainer = Trainer(config, seed, ctx)
+        trainer = Trainer(config, seed, ctx, stage)
         trainer.fit()
-        trainer.calibrate()
+        if stage != "interpolator":
+            trainer.calibrate()
     finally:
         ctx.close()
 
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--seed", type=int, help="a seed listed in training.seeds")
     group.add_argument("--seed-index", type=int, help="index into training.seeds (SLURM array jobs)")
+    parser.add_argument("--stage", choices=("interpolator", "forecaster"), help="DYffusion training stage")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     args = parser.parse_args(argv)
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         seed = choose_seed(config, args.seed, args.seed_index)
-        train_seed(config, seed)
+        train_seed(config, seed, checked_stage(config, args.stage))
     except MyriadError as exc:
         print(f"{ERROR_PREFIX}{exc}", file=sys.stderr, flush=True)
         return 1

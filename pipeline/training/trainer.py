@@ -15,6 +15,13 @@ already done and continues bitwise identically on CPU (with
 A non-finite loss or gradient on any rank stops every rank with a
 :class:`MyriadError`; no checkpoint is written after it, so ``last.pt`` stays
 the last good state.
+
+Spherical DYffusion (``model.kind: dyffusion``) trains in the same loop, one
+*stage* per run (:mod:`pipeline.training.dyffusion`): windows of ``h + 1``
+states, the stage's loss module in place of the SFNO's rollout, the
+interpolator validated against linear interpolation in time, the forecaster
+validated (and calibrated) through the cold sampler with its frozen
+interpolator, which its checkpoints carry.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from models.dyffusion import DYffusion
 from models.registry import build_model
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time
@@ -64,8 +72,9 @@ from pipeline.training.dataset import (
     resolve_periods,
 )
 from pipeline.training.distributed import DistributedContext
+from pipeline.training.dyffusion import StageLoss, check_stage, checked_stage, evaluate_interpolator, load_frozen_interpolator
 from pipeline.training.forecast import Forecaster, autocast_context
-from pipeline.training.losses import SphericalMSE, channel_weight_vector
+from pipeline.training.losses import SphericalL1, SphericalMSE, channel_weight_vector
 from pipeline.training.optim import (
     build_optimizer,
     cosine_with_warmup,
@@ -88,22 +97,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-class Rollout(nn.Module):
-    """``n`` autoregressive steps in one forward (one DDP forward per optimiser step).
+class RolloutLoss(nn.Module):
+    r"""The SFNO's objective: ``n`` autoregressive steps in one forward (one DDP forward per optimiser step).
 
-    Returns the predictions stacked on dimension 1: ``(B, n, C, nlat, nlon)``.
+    For a window :math:`(z_0, \ldots, z_n)`: :math:`L = \frac1n \sum_{k=1}^n
+    \ell(M^k(z_0), z_k)` with :math:`\ell` the area-weighted MSE.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.loss = loss
 
-    def forward(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
-        predictions = []
-        for _ in range(n_steps):
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        n_steps = window.shape[1] - 1
+        z = window[:, 0]
+        total = 0.0
+        for k in range(1, n_steps + 1):
             z = self.model(z)
-            predictions.append(z)
-        return torch.stack(predictions, dim=1)
+            total = total + self.loss(z, window[:, k])
+        return total / n_steps
 
 
 @dataclass
@@ -141,6 +154,8 @@ class Trainer:
         Seed of this checkpoint (init, data order, dropout).
     ctx
         This process's place in the process group.
+    stage
+        DYffusion stage (``"interpolator"`` or ``"forecaster"``); None for ``kind: sfno``.
 
     Raises
     ------
@@ -149,9 +164,11 @@ class Trainer:
         a ``last.pt`` made with other settings.
     """
 
-    def __init__(self, config: MyriadConfig, seed: int, ctx: DistributedContext) -> None:
+    def __init__(self, config: MyriadConfig, seed: int, ctx: DistributedContext, stage: str | None = None) -> None:
         if config.model is None or config.training is None:
             raise MyriadError("config: training needs the `model:` and `training:` sections (see configs/quickstart.yaml)")
+        self.stage = checked_stage(config, stage)
+        interpolator = check_stage(config, self.stage, seed) if self.stage is not None else None
         self.config = config
         self.seed = seed
         self.ctx = ctx
@@ -176,7 +193,8 @@ class Trainer:
                 f"training.val_period: {len(self.val_frames)} times are too few for a {longest * self.step_hours} h lead; "
                 "lengthen it or shorten training.val_lead_hours / calibration_lead_hours"
             )
-        self.dataset = WindowDataset(self.train_frames, training.rollout_steps)
+        horizon = config.model.dyffusion.horizon if self.stage is not None else None
+        self.dataset = WindowDataset(self.train_frames, horizon or training.rollout_steps)
         self.climatology = climatology(self.train_frames, training.climatology_samples)
         units = self.data.tendency_ratio if training.loss_units == "tendency" else None
         self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
@@ -184,25 +202,35 @@ class Trainer:
         self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
 
         grid = self.data.grid
-        self.hparams = config.model.hparams(len(self.data.channels), len(self.data.static_names), grid.nlat, grid.nlon)
+        self.kind, self.hparams = config.model.stage_model(self.stage, len(self.data.channels), len(self.data.static_names),
+                                                           grid.nlat, grid.nlon)
         seed_everything(seed)
-        self.model = build_model(config.model.kind, **self.hparams)
+        self.model = build_model(self.kind, **self.hparams)
         self.model.set_static_fields(torch.from_numpy(self.data.static_fields()))
         if config.model.residual:
             self.model.set_increment_scale(torch.as_tensor(self.data.tendency_ratio, dtype=torch.float32))
         self.model.to(ctx.device)
-        rollout = Rollout(self.model)
+        self.interpolator = (load_frozen_interpolator(interpolator.path, ctx.device)
+                             if interpolator is not None else None)
+        self.interpolator_info = interpolator
+        if self.stage is None:
+            objective: nn.Module = RolloutLoss(self.model, self.loss)
+        else:
+            stage_loss = self.loss if self.stage == "interpolator" else SphericalL1(
+                grid, channel_weight_vector(self.data.channels, training.channel_weights, units, power=1)).to(ctx.device)
+            objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator)
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # Buffers (static fields, increment scale) are equal on every rank and never change;
             # torch 2.14 deprecates broadcast_buffers in favour of a keyword older torch lacks.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-                rollout = DistributedDataParallel(rollout, device_ids=device_ids, broadcast_buffers=False)
-        self.rollout = torch.compile(rollout) if training.compile else rollout
+                objective = DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
+        self.objective = torch.compile(objective) if training.compile else objective
 
+        targets_at = training.targets_at if horizon is None else (lambda step: horizon)
         self.sampler = WindowBatchSampler(
-            len(self.dataset), training.batch_size // ctx.world_size, ctx.rank, ctx.world_size, seed, training.targets_at
+            len(self.dataset), training.batch_size // ctx.world_size, ctx.rank, ctx.world_size, seed, targets_at
         )
         epochs_steps = training.epochs * self.sampler.steps_per_epoch if training.epochs is not None else None
         self.total_steps = min(s for s in (epochs_steps, training.max_steps) if s is not None)
@@ -215,7 +243,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(seed),
         )
         self.optimizer = build_optimizer(self.model, training.lr, training.weight_decay)
-        self.directory = seed_directory(config.run_dir, config.model.name, seed)
+        self.directory = seed_directory(config.run_dir, config.model.checkpoint_name(self.stage), seed)
         self.progress = Progress()
         seed_everything(rank_seed(seed, ctx.rank))
         self._resume()
@@ -254,7 +282,7 @@ class Trainer:
 
     def _check_compatible(self, payload: dict, path: Path) -> None:
         wanted = {
-            "model kind": self.config.model.kind,
+            "model kind": self.kind,
             "model hyper-parameters": self.hparams,
             "channels": list(self.data.channels),
             "static fields": list(self.data.static_names),
@@ -269,6 +297,10 @@ class Trainer:
             "grid": [payload["grid"]["nlat"], payload["grid"]["nlon"]],
             "seed": payload["seed"],
         }
+        if self.interpolator_info is not None:
+            wanted["interpolator"] = [str(self.interpolator_info.path), self.interpolator_info.step]
+            frozen = payload.get("interpolator") or {}
+            found["interpolator"] = [frozen.get("source"), frozen.get("step")]
         differ = [key for key in wanted if wanted[key] != found[key]]
         if differ:
             raise MyriadError(
@@ -352,14 +384,12 @@ class Trainer:
         so that the time-aware schedule and the budget stop agree across ranks.
         """
         batch = batch.to(self.ctx.device, non_blocking=True)
-        n_steps = batch.shape[1] - 1
         self.model.train()
-        initial = batch[:, 0]
         if self.training.input_noise > 0:
-            initial = initial + self.noise_scale * torch.randn_like(initial)
+            batch = batch.clone()
+            batch[:, 0] += self.noise_scale * torch.randn_like(batch[:, 0])
         with autocast_context(self.ctx.device, self.training.bf16):
-            predictions = self.rollout(initial, n_steps)
-            loss = sum(self.loss(predictions[:, k], batch[:, k + 1]) for k in range(n_steps)) / n_steps
+            loss = self.objective(batch)
         flags = torch.stack([
             loss.detach().double(),
             (~torch.isfinite(loss.detach())).double(),
@@ -399,19 +429,42 @@ class Trainer:
     # ------------------------------------------------------------------ validation and checkpoints
 
     def validate(self) -> Skill:
-        """Skill on the validation period at ``val_lead_hours`` (every rank gets the same result)."""
+        """Skill on the validation period (every rank gets the same result).
+
+        Forecasts (SFNO, DYffusion forecaster through its deterministic
+        sampler) at ``val_lead_hours``; the DYffusion interpolator at each
+        interior step of the horizon, against linear interpolation.
+        """
         self.model.eval()
-        forecaster = Forecaster(self.model, self.data.normalisation, self.ctx.device, self.training.bf16)
-        starts = evenly_spaced(len(self.val_frames) - max(self.val_leads), self.training.val_max_inits)
-        skill = evaluate(
-            forecaster.step_normalised, self.val_frames, starts, self.val_leads, self.step_hours,
-            self.climatology, self.loss, self.data.normalisation, self.ctx,
-        )
+        if self.stage == "interpolator":
+            horizon = self.config.model.dyffusion.horizon
+            starts = evenly_spaced(len(self.val_frames) - horizon, self.training.val_max_inits)
+            skill = evaluate_interpolator(self.model, self.val_frames, starts, horizon, self.step_hours, self.loss,
+                                          self.data.normalisation, self.ctx)
+        else:
+            forecaster = Forecaster(self._forecast_model(), self.data.normalisation, self.ctx.device, self.training.bf16)
+            starts = evenly_spaced(len(self.val_frames) - max(self.val_leads), self.training.val_max_inits)
+            try:
+                skill = evaluate(
+                    forecaster.rollout_normalised, self.val_frames, starts, self.val_leads, self.step_hours,
+                    self.climatology, self.loss, self.data.normalisation, self.ctx,
+                )
+            finally:
+                if self.interpolator is not None:
+                    self.interpolator.set_mc_dropout(True)  # the forecaster stage trains on its samples
         self.progress.last_validated_step = self.progress.step
         if self.ctx.is_main:
             logger.info("seed %d validation at step %d (%d initial times, RMSE in channel units):\n%s",
                         self.seed, self.progress.step, skill.n_inits, skill.table())
         return skill
+
+    def _forecast_model(self) -> nn.Module:
+        """The network as a one-step forecaster: the SFNO, or the DYffusion sampler (dropout off)."""
+        if self.stage != "forecaster":
+            return self.model
+        if self.interpolator is not None:
+            self.interpolator.set_mc_dropout(False)  # deterministic validation (validate turns it back on)
+        return DYffusion(self.model, self.interpolator)
 
     def _improved(self, skill: Skill) -> list[str]:
         """Files to write after a validation: ``best.pt`` too when the score improved."""
@@ -428,7 +481,7 @@ class Trainer:
         rng = self.ctx.all_gather_objects(capture_rng_state())
         if self.ctx.is_main:
             payload = {
-                "model": {"kind": self.config.model.kind, "name": self.config.model.name, "hparams": self.hparams,
+                "model": {"kind": self.kind, "name": self.config.model.name, "hparams": self.hparams,
                           "state_dict": self.model.state_dict()},
                 "channels": list(self.data.channels),
                 "static": list(self.data.static_names),
@@ -444,6 +497,12 @@ class Trainer:
                 "metrics": skill.to_dict() if skill is not None else {},
                 "config": self.config.model_dump_json(),
             }
+            if self.interpolator_info is not None:
+                payload["interpolator"] = {
+                    "kind": self.interpolator_info.kind, "hparams": self.interpolator_info.hparams,
+                    "state_dict": self.interpolator.state_dict(), "source": str(self.interpolator_info.path),
+                    "step": self.interpolator_info.step,
+                }
             for name in names:
                 save_checkpoint(payload, self.directory / name)
             logger.debug("seed %d: wrote %s at step %d", self.seed, ", ".join(names), self.progress.step)
@@ -464,7 +523,7 @@ class Trainer:
         forecaster = Forecaster(model, info.normalisation, self.ctx.device, self.training.bf16)
         starts = evenly_spaced(len(self.val_frames) - self.calibration_lead, self.training.calibration_max_inits)
         skill = evaluate(
-            forecaster.step_normalised, self.val_frames, starts, [self.calibration_lead], self.step_hours,
+            forecaster.rollout_normalised, self.val_frames, starts, [self.calibration_lead], self.step_hours,
             None, self.loss, info.normalisation, self.ctx,
         )
         calibration = Calibration(

@@ -25,7 +25,7 @@ squared-error sums are added over ranks, so every rank gets the same scores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +50,14 @@ class Skill:
     """Forecast name (of ``REFERENCES``) -> array (lead, channel)."""
     n_inits: int
 
+    @property
+    def baseline(self) -> str:
+        """The reference the model must beat: persistence for forecasts, else the first one listed."""
+        return "persistence" if "persistence" in self.rmse else next(k for k in self.rmse if k != "model")
+
     def score(self) -> float:
-        """Mean over channels of the model's RMSE over persistence's at the first lead (lower is better)."""
-        return float(np.mean(self.rmse["model"][0] / self.rmse["persistence"][0]))
+        """Mean over channels of the model's RMSE over the baseline's at the first lead (lower is better)."""
+        return float(np.mean(self.rmse["model"][0] / self.rmse[self.baseline][0]))
 
     def to_dict(self) -> dict:
         return {
@@ -72,14 +77,12 @@ class Skill:
         )
 
     def table(self) -> str:
-        """Plain-text table: one row per lead and channel, model / persistence / climatology."""
-        lines = [f"{'lead':>6} {'channel':<10} {'model':>11} {'persistence':>11} {'climatology':>11}"]
+        """Plain-text table: one row per lead and channel, one column per forecast (model first)."""
+        names = list(self.rmse)
+        lines = [f"{'lead':>6} {'channel':<10} " + " ".join(f"{name:>11}" for name in names)]
         for i, lead in enumerate(self.lead_hours):
             for j, channel in enumerate(self.channels):
-                lines.append(
-                    f"{lead:>5}h {channel:<10} "
-                    + " ".join(f"{self.rmse[name][i, j]:>11.4g}" if name in self.rmse else f"{'-':>11}" for name in REFERENCES)
-                )
+                lines.append(f"{lead:>5}h {channel:<10} " + " ".join(f"{self.rmse[name][i, j]:>11.4g}" for name in names))
         return "\n".join(lines)
 
 
@@ -102,7 +105,7 @@ def climatology(frames: Frames, n_samples: int, chunk: int = 64) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(
-    step: Callable[[torch.Tensor], torch.Tensor],
+    rollout: Callable[[torch.Tensor, int], Iterator[torch.Tensor]],
     frames: Frames,
     starts: np.ndarray,
     lead_steps: list[int],
@@ -113,12 +116,14 @@ def evaluate(
     ctx: DistributedContext,
     batch_size: int = 8,
 ) -> Skill:
-    """Skill of ``step`` (normalised state -> next state) from ``starts`` at ``lead_steps``.
+    """Skill of ``rollout`` from ``starts`` at ``lead_steps``.
 
     Parameters
     ----------
-    step
-        One model step in normalised units, on ``ctx.device``.
+    rollout
+        ``rollout(z0, n)`` yields the model's next ``n`` normalised states
+        from ``z0`` on ``ctx.device``
+        (:meth:`pipeline.training.forecast.Forecaster.rollout_normalised`).
     frames
         Normalised frames of the validation period; ``starts + max(lead_steps)`` must be valid.
     starts
@@ -144,11 +149,12 @@ def evaluate(
     for first in range(0, len(mine), batch_size):
         batch = mine[first : first + batch_size]
         z0 = frames.read(batch).to(device)
+        states = rollout(z0, leads[-1])
         z = z0
         done = 0
         for i, lead in enumerate(leads):
             for _ in range(lead - done):
-                z = step(z)
+                z = next(states)
             done = lead
             truth = frames.read(batch + lead).to(device)
             forecasts = (z, z0) if climatology_z is None else (z, z0, climatology_z.to(device).expand_as(truth))
