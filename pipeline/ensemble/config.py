@@ -58,7 +58,7 @@ class BredVectorConfig(StrictModel):
 
 
 class EnsembleConfig(StrictModel):
-    """A bred-vector ensemble: checkpoints x pairs x {+, -} (+ controls) per init time."""
+    """A bred-vector ensemble: checkpoints x (pairs x {+, -} (+ controls)) x samples per init time."""
 
     name: str = Field("ensemble", pattern=r"^[A-Za-z0-9_.-]+$")
     """Store name: ``<run_dir>/ensembles/<name>.zarr``."""
@@ -68,10 +68,19 @@ class EnsembleConfig(StrictModel):
     init_times: list[datetime] = Field(min_length=1)
     n_steps: int = Field(40, ge=1)
     """Model steps per forecast (lead times 0 .. n_steps x the model's time step)."""
+    time_mean_hours: int | None = Field(None, ge=1)
+    """Write means over consecutive windows of this many hours (e.g. 24: daily, 720: 30-day)
+    instead of every step, for long (climate) runs; lead 0 stays the initial state and a
+    window's mean is stored at the lead time of its end. A multiple of the model's time
+    step that divides ``n_steps`` x step."""
     output_channels: list[str] | None = None
     """Channels written to the store (default: all of the model's channels)."""
     n_pairs: int = Field(8, ge=1)
     """Bred pairs per checkpoint."""
+    samples: int = Field(1, ge=1)
+    """Stochastic samples per bred member (and control): each draws its own Monte Carlo
+    dropout noise (Spherical DYffusion's interpolator, or an SFNO trained with dropout).
+    Needs checkpoints with dropout when > 1."""
     include_control: bool = False
     """Give each checkpoint an unperturbed control member (member 0 is checkpoint 0's)."""
     member_block: int = Field(32, ge=1)
@@ -104,6 +113,7 @@ class EnsembleConfig(StrictModel):
             [str(p) for p in self.checkpoints],
             n_pairs=self.n_pairs,
             include_control=self.include_control,
+            samples=self.samples,
             member_block=self.member_block,
             base_seed=self.seed,
         )

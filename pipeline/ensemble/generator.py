@@ -13,7 +13,14 @@ For each work unit (init time :math:`t_0` x member block) of the plan
    :math:`x_{k+1} = M(x_k)` (in the checkpoint's normalised space,
    :class:`pipeline.training.forecast.Forecaster`; bf16 autocast on CUDA with
    the SHT in float32, float32 on CPU) under :func:`torch.inference_mode`;
-3. lead 0 (the initial states) and every later lead go to the store through
+   a Spherical DYffusion checkpoint advances by its cold sampler. Each
+   member draws its Monte Carlo dropout masks (if the model has any) from its
+   own generator seeded by :meth:`pipeline.ensemble.plan.EnsemblePlan.sampling_seed`,
+   so its noise does not depend on the batch it is computed in;
+3. with ``ensemble.time_mean_hours`` the states are averaged over windows of
+   ``k`` steps, :math:`\bar x_j = \frac1k \sum_{i=1}^{k} x_{(j-1)k+i}`
+   (float32, on the device), and only the window means are stored;
+4. lead 0 (the initial states) and every later lead go to the store through
    :class:`pipeline.ensemble.store.AsyncLeadWriter`, which writes lead
    :math:`k` on a background thread while lead :math:`k+1` computes; only
    the output channels are kept; the unit is marked complete behind its last
@@ -128,22 +135,33 @@ class MemberForecaster:
         return perturbed_states(x0, dx, signs, inputs.non_negative)
 
     def leads(self, init_time: InitTime, groups: Sequence[tuple[int, Sequence[Member]]]) -> Iterator[np.ndarray]:
-        """Output channels of ``groups``' members at lead 0, 1, ..., n_steps: ``(M, C_out, H, W)`` float32 each.
+        """Output channels of ``groups``' members at each stored lead (0, then every step or window mean): ``(M, C_out, H, W)`` float32.
 
         ``groups`` is ``[(checkpoint_index, members), ...]``; each group
         advances as one batch; the rows follow the groups' member order.
         """
-        states = [self.initial_states(init_time, c, members) for c, members in groups]
-        yield self._output(states)
+        t0 = canonical_init_time(init_time)
+        states = [self.initial_states(t0, c, members) for c, members in groups]
+        yield self._to_host(self._output(states))
+        plan = self.inputs.plan
         rollouts = [
-            self.cache.get(self.inputs.checkpoint_files[c]).rollout(s, self.inputs.n_steps)
-            for (c, _), s in zip(groups, states)
+            self.cache.get(self.inputs.checkpoint_files[c]).rollout(
+                s, self.inputs.n_steps,
+                [torch.Generator(self.device).manual_seed(plan.sampling_seed(m, t0)) for m in members])
+            for (c, members), s in zip(groups, states)
         ]
-        for _ in range(self.inputs.n_steps):
-            yield self._output([next(r) for r in rollouts])
+        window = self.inputs.steps_per_output
+        for _ in range(self.inputs.n_steps // window):
+            total = self._output([next(r) for r in rollouts])
+            for _ in range(window - 1):
+                total += self._output([next(r) for r in rollouts])
+            yield self._to_host(total / window if window > 1 else total)
 
-    def _output(self, states: Sequence[torch.Tensor]) -> np.ndarray:
-        out = torch.cat([s.index_select(1, self._output_index) for s in states])
+    def _output(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([s.index_select(1, self._output_index) for s in states]).float()
+
+    @staticmethod
+    def _to_host(out: torch.Tensor) -> np.ndarray:
         return out.to("cpu", torch.float32).numpy()
 
 
@@ -156,7 +174,7 @@ def generate_unit(forecaster: MemberForecaster, unit: WorkUnit, writer: AsyncLea
         writer.submit(unit, lead, data)
         if lead:
             with lock:
-                progress.advance(unit.n_members)
+                progress.advance(unit.n_members * forecaster.inputs.steps_per_output)
     writer.complete(unit)
 
 

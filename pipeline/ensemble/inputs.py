@@ -13,6 +13,8 @@ written:
 - the analysis store holds the model's channels on the model's grid with the
   model's time step;
 - output and seed channels are model channels;
+- ``samples > 1`` only with checkpoints that have Monte Carlo dropout;
+- ``time_mean_hours`` is a multiple of the time step dividing the forecast length;
 - every init time is an analysis time, and so are its ``K`` breeding times
   ``t0 - K dt, ..., t0 - dt`` (:func:`pipeline.ensemble.bred_vectors.breeding_times`).
 
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from models.sfno import has_dropout
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time, open_analysis
 from pipeline.ensemble.bred_vectors import bred_vector_target, breeding_times, non_negative_mask
@@ -157,7 +160,7 @@ class EnsembleInputs:
     grid: Grid
     time_step: timedelta
     lead_times: np.ndarray
-    """``timedelta64[ns]``: 0, dt, ..., n_steps dt."""
+    """``timedelta64[ns]`` of the stored leads: 0, k dt, 2k dt, ..., n_steps dt (k = :attr:`steps_per_output`)."""
     targets: tuple[torch.Tensor, ...]
     """Per checkpoint: the bred-vector amplitude per channel, ``alpha x RMSE_48h``."""
     seed_mask: torch.Tensor
@@ -167,10 +170,13 @@ class EnsembleInputs:
     frames: AnalysisFrames
     """The analysis store's initial states and breeding analyses."""
     store_attrs: dict[str, Any] = field(default_factory=dict)
+    steps_per_output: int = 1
+    """Model steps averaged into each stored lead after lead 0 (1: every step is stored)."""
 
     @property
     def n_steps(self) -> int:
-        return len(self.lead_times) - 1
+        """Model steps per forecast."""
+        return (len(self.lead_times) - 1) * self.steps_per_output
 
 
 def ensemble_section(config: MyriadConfig) -> EnsembleConfig:
@@ -257,6 +263,39 @@ def _check_channels(settings: EnsembleConfig, channels: tuple[str, ...]) -> tupl
     return outputs
 
 
+def _check_samples(settings: EnsembleConfig, files: Sequence[Path], cache: CheckpointCache) -> None:
+    if settings.samples == 1:
+        return
+    for file in files:
+        if not has_dropout(cache.get(file).model):
+            raise MyriadError(
+                f"ensemble.samples is {settings.samples} but {file} has no Monte Carlo dropout, so its samples would be "
+                "identical; set samples: 1, or use checkpoints trained with dropout "
+                "(model.dyffusion.interpolator_dropout, or model.drop_rate for an SFNO)"
+            )
+
+
+def steps_per_output(settings: EnsembleConfig, step: timedelta) -> int:
+    """Model steps per stored lead: ``time_mean_hours / dt`` (1 without time means).
+
+    Raises
+    ------
+    MyriadError
+        A window that is not a whole number of steps, or that does not divide the forecast.
+    """
+    if settings.time_mean_hours is None:
+        return 1
+    step_hours = step.total_seconds() / 3600
+    window = settings.time_mean_hours / step_hours
+    if window != int(window):
+        raise MyriadError(f"ensemble.time_mean_hours: {settings.time_mean_hours} h is not a multiple of the model's "
+                          f"{step_hours:g} h time step")
+    if settings.n_steps % int(window):
+        raise MyriadError(f"ensemble.time_mean_hours: {settings.time_mean_hours} h windows do not divide the forecast "
+                          f"of ensemble.n_steps = {settings.n_steps} steps ({settings.n_steps * step_hours:g} h)")
+    return int(window)
+
+
 def checkpoint_identity(info: CheckpointInfo) -> dict[str, Any]:
     """What identifies a trained checkpoint's weights without hashing them (JSON-able)."""
     return {"kind": info.kind, "hparams": info.hparams, "seed": info.seed, "step": info.step,
@@ -291,6 +330,8 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
     step = timedelta(hours=model.time_step_hours)
     frames = AnalysisFrames(analysis, channels, settings.perturbation.cycles, step)
     _check_init_times(plan, frames, config.analysis_path)
+    _check_samples(settings, files, cache)
+    per_output = steps_per_output(settings, step)
 
     calibrations = [load_calibration(f.parent) for f in files]
     for file, calibration in zip(files, calibrations):
@@ -308,7 +349,8 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         "model_channels": list(channels),
     }
     content_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    lead_times = np.arange(settings.n_steps + 1) * np.timedelta64(int(step.total_seconds()), "s").astype("timedelta64[ns]")
+    lead_times = (np.arange(0, settings.n_steps + 1, per_output)
+                  * np.timedelta64(int(step.total_seconds()), "s").astype("timedelta64[ns]"))
     attrs = {
         "analysis_store": str(config.analysis_path),
         "checkpoint_files": [str(f) for f in files],
@@ -317,7 +359,11 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         "bred_vector_alpha": settings.perturbation.alpha,
         "perturbation": json.dumps(settings.perturbation.model_dump(mode="json"), sort_keys=True),
         "include_control": int(settings.include_control),
+        "samples": settings.samples,
     }
+    if settings.time_mean_hours is not None:
+        attrs["time_mean_hours"] = settings.time_mean_hours
+        attrs["cell_methods"] = f"lead_time: mean (windows of {settings.time_mean_hours} h ending at each lead; lead 0 instantaneous)"
     return EnsembleInputs(
         settings=settings,
         plan=plan,
@@ -335,4 +381,5 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         content_key=content_key,
         frames=frames,
         store_attrs=attrs,
+        steps_per_output=per_output,
     )

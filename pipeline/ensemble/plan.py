@@ -4,25 +4,29 @@ Members are checkpoints x (optional control + bred pairs x {+1, -1}) x
 samples. Member indices run in this fixed order (checkpoint-major)::
 
     for checkpoint c in 0 .. C-1:
-        [control (pair -1, sign 0)]           if include_control
+        [control (pair -1, sign 0)] x samples s = 0 .. S-1     if include_control
         for pair p in 0 .. P-1:
-            (p, +1), (p, -1)
-                for sample s in 0 .. S-1       (S = 1 here)
+            for sign in (+1, -1):
+                (p, sign, s) for s in 0 .. S-1
 
-so with ``include_control`` member 0 is checkpoint 0's control, and the two
-members of a pair are neighbours. ``sample`` is the extension point of
-stochastic models (Spherical DYffusion adds several dropout samples per
-member): it is always 0 in this plan.
+so with ``include_control`` member 0 is checkpoint 0's control, and the
+members of a pair are neighbours. ``samples`` (S) > 1 is for stochastic
+models (Spherical DYffusion's Monte Carlo dropout): the S samples of a bred
+member start from the same state and differ only in their dropout noise,
+so an ensemble spans model (checkpoints), initial-condition (bred pairs)
+and sampling uncertainty.
 
 Members are cut into contiguous *member blocks* of ``member_block`` members
 (the last may be shorter; a block may span two checkpoints). A *work unit*
 is one init time x one member block: the unit of scheduling, of writing
 (one Zarr chunk per channel and lead time) and of completion.
 
-Seeds: a member's seed is
+Seeds: a member's bred-vector seed is
 ``member_seed(init_time, checkpoint, pair, BRED_VECTOR, base_seed=...)``,
-so the + and - members of a pair share it (they share one bred vector), and
-any member can be regenerated from (init time, checkpoint, pair) alone.
+so the + and - members of a pair share it (they share one bred vector);
+its sampling seed (:meth:`EnsemblePlan.sampling_seed`) adds the sign and
+the sample to the purpose, so every member draws its own dropout noise. Any
+member can be regenerated from (init time, checkpoint, pair, sign, sample) alone.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.ensemble.seeds import BRED_VECTOR, CONTROL_PAIR, InitTime, canonical_init_time, member_seed
+from pipeline.ensemble.seeds import BRED_VECTOR, CONTROL_PAIR, SAMPLING, InitTime, canonical_init_time, member_seed
 from pipeline.errors import MyriadError
 
 
@@ -53,7 +57,7 @@ class Member:
     sign
         ``+1`` (x0 + dx), ``-1`` (x0 - dx) or ``0`` (control).
     sample
-        Stochastic sample of the member (always 0 here; see the module docstring).
+        Stochastic sample of the bred member, ``0 .. samples - 1``.
     """
 
     index: int
@@ -104,6 +108,8 @@ class EnsemblePlan:
         Bred pairs per checkpoint (each gives a +1 and a -1 member).
     include_control
         Give each checkpoint an unperturbed control member first.
+    samples
+        Stochastic samples per bred member (and control).
     member_block
         Members per block (the store's chunk size along ``member``).
     base_seed
@@ -116,6 +122,7 @@ class EnsemblePlan:
     include_control: bool = False
     member_block: int = 32
     base_seed: int = 0
+    samples: int = 1
     members: tuple[Member, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,8 +134,9 @@ class EnsemblePlan:
             raise MyriadError(f"ensemble plan: init times given twice: {duplicates}")
         if not self.checkpoints:
             raise MyriadError("ensemble plan: no checkpoints")
-        if self.n_pairs < 1 or self.member_block < 1:
-            raise MyriadError(f"ensemble plan: n_pairs ({self.n_pairs}) and member_block ({self.member_block}) must be >= 1")
+        if min(self.n_pairs, self.member_block, self.samples) < 1:
+            raise MyriadError(f"ensemble plan: n_pairs ({self.n_pairs}), member_block ({self.member_block}) "
+                              f"and samples ({self.samples}) must be >= 1")
         object.__setattr__(self, "init_times", tuple(sorted(times)))
         object.__setattr__(self, "checkpoints", tuple(str(c) for c in self.checkpoints))
         object.__setattr__(self, "members", self._enumerate_members())
@@ -142,18 +150,19 @@ class EnsemblePlan:
         include_control: bool = False,
         member_block: int = 32,
         base_seed: int = 0,
+        samples: int = 1,
     ) -> "EnsemblePlan":
         """Plan from plain values (any init time form :func:`canonical_init_time` takes)."""
-        return cls(tuple(init_times), tuple(checkpoints), n_pairs, include_control, member_block, base_seed)
+        return cls(tuple(init_times), tuple(checkpoints), n_pairs, include_control, member_block, base_seed, samples)
 
     def _enumerate_members(self) -> tuple[Member, ...]:
         members: list[Member] = []
         for checkpoint in range(len(self.checkpoints)):
-            if self.include_control:
-                members.append(Member(len(members), checkpoint, CONTROL_PAIR, 0))
-            for pair in range(self.n_pairs):
-                for sign in (+1, -1):
-                    members.append(Member(len(members), checkpoint, pair, sign))
+            bred = [(CONTROL_PAIR, 0)] if self.include_control else []
+            bred += [(pair, sign) for pair in range(self.n_pairs) for sign in (+1, -1)]
+            for pair, sign in bred:
+                for sample in range(self.samples):
+                    members.append(Member(len(members), checkpoint, pair, sign, sample))
         return tuple(members)
 
     # ------------------------------------------------------------------ sizes
@@ -164,7 +173,7 @@ class EnsemblePlan:
 
     @property
     def members_per_checkpoint(self) -> int:
-        return 2 * self.n_pairs + int(self.include_control)
+        return (2 * self.n_pairs + int(self.include_control)) * self.samples
 
     @property
     def n_blocks(self) -> int:
@@ -209,6 +218,11 @@ class EnsemblePlan:
         """Seed of a member's bred pair at an init time (shared by its + and - members)."""
         return member_seed(init_time, member.checkpoint_index, member.pair_index, BRED_VECTOR, base_seed=self.base_seed)
 
+    def sampling_seed(self, member: Member, init_time: InitTime) -> int:
+        """Seed of a member's own sampling (dropout) noise: distinct for every member of an init time."""
+        purpose = f"{SAMPLING}|sign={member.sign}|sample={member.sample}"
+        return member_seed(init_time, member.checkpoint_index, member.pair_index, purpose, base_seed=self.base_seed)
+
     def seed_table(self) -> np.ndarray:
         """``(n_init, n_members)`` int64 seeds, the store's ``seed`` coordinate."""
         return np.array([[self.seed(m, t) for m in self.members] for t in self.init_times], dtype=np.int64)
@@ -223,6 +237,6 @@ class EnsemblePlan:
             "n_pairs": self.n_pairs,
             "include_control": self.include_control,
             "member_block": self.member_block,
-            "samples_per_member": 1,
+            "samples_per_member": self.samples,
             "base_seed": self.base_seed,
         }

@@ -25,6 +25,9 @@ from pipeline.errors import MyriadError
 BRED_VECTOR = "bred-vector"
 """Purpose of the seed field that starts a pair's bred vector (shared by its + and - members)."""
 
+SAMPLING = "sampling"
+"""Purpose prefix of a member's own stochastic-sampling (Monte Carlo dropout) noise."""
+
 CONTROL_PAIR = -1
 """Pair index of a checkpoint's unperturbed control member."""
 

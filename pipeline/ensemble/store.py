@@ -7,11 +7,13 @@ Blosc-zstd, one float32 variable per output channel with dims
 channel, so writers of different units never share a chunk. Coordinates:
 
 - ``init_time`` (datetime64), ``member`` (int), ``lead_time`` (timedelta64,
-  0 = the initial state), ``latitude`` / ``longitude`` (:meth:`Grid.coords`);
+  0 = the initial state; with ``ensemble.time_mean_hours`` each later lead
+  holds the mean over the window ending there, attribute
+  ``time_mean_hours``), ``latitude`` / ``longitude`` (:meth:`Grid.coords`);
 - ``valid_time(init_time, lead_time)`` = init_time + lead_time;
 - per member: ``checkpoint`` (index; attr ``paths`` lists the checkpoint
   files), ``perturbation`` (+1, -1, 0 = control), ``pair`` (-1 = control),
-  ``sample`` (0; the stochastic-sample extension point);
+  ``sample`` (stochastic sample of a bred member: its own dropout noise);
 - ``seed(init_time, member)`` (int64): the member's bred-pair seed, which
   depends on the init time (:mod:`pipeline.ensemble.seeds`).
 

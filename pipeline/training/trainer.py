@@ -327,7 +327,7 @@ class Trainer:
         if self.ctx.is_main:
             logger.info(
                 "seed %d: training %s (%d parameters) on %d rank(s), %s, for %d steps (%d per epoch, global batch %d)",
-                self.seed, self.config.model.kind, sum(p.numel() for p in self.model.parameters()), self.ctx.world_size,
+                self.seed, self.kind, sum(p.numel() for p in self.model.parameters()), self.ctx.world_size,
                 self.ctx.device.type, self.total_steps, self.sampler.steps_per_epoch, self.training.batch_size,
             )
         clock = time.monotonic()

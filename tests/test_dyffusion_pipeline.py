@@ -1,0 +1,204 @@
+"""Spherical DYffusion through the pipeline: both training stages, stochastic ensembles, time-mean output.
+
+Runs the real trainer, generator and CLI on the tiny planet run of
+tests/ensemble_fixtures.py (whose SFNO checkpoints serve as the
+deterministic counterpart); DYffusion networks of the same tiny size with
+``h = 2`` are trained for a few steps per stage.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from models.dyffusion import DYffusion
+from pipeline.config import load_config
+from pipeline.ensemble.generator import generate_ensemble, regenerate_member
+from pipeline.errors import MyriadError
+from pipeline.training.calibration import CALIBRATION_FILE
+from pipeline.training.checkpoint import LAST, load_checkpoint, read_checkpoint, select_checkpoint
+from pipeline.training.distributed import DistributedContext
+from pipeline.training.launch import plan_training
+from pipeline.training.trainer import Trainer
+from tests.conftest import REPO_ROOT, run_myriad
+from tests.ensemble_fixtures import SEEDS, build_run
+from tests.training_fixtures import merged, write_config
+
+torch.set_num_threads(1)
+SINGLE = DistributedContext(0, 1, 0, torch.device("cpu"), None)
+DYFFUSION = {"kind": "dyffusion", "name": "dyf", "embed_dim": 16, "num_layers": 2, "scale_factor": 1,
+             "dyffusion": {"horizon": 2, "interpolator_dropout": 0.2}}
+
+
+def dyffusion_run(data: dict) -> dict:
+    """The tiny run with the DYffusion model and an ensemble of its forecaster checkpoints."""
+    run_dir = Path(data["run_dir"])
+    ensemble = {**copy.deepcopy(data["ensemble"]), "name": "dyf",
+                "checkpoints": [str(run_dir / "checkpoints" / "dyf-forecaster" / f"seed-{s}") for s in SEEDS],
+                "n_pairs": 1, "samples": 2, "member_block": 6}
+    return merged(data, model=DYFFUSION, ensemble=ensemble)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny planet run (SFNO checkpoints) plus both DYffusion stages of both seeds."""
+    root = tmp_path_factory.mktemp("dyffusion-run")
+    data = dyffusion_run(build_run(root))
+    config = write_config(root / "dyf.yaml", data)
+    for stage in ("interpolator", "forecaster"):
+        for seed in SEEDS:
+            trainer = Trainer(config, seed, SINGLE, stage)
+            trainer.fit()
+            if stage == "forecaster":
+                trainer.calibrate()
+    return data
+
+
+def write(data: dict, path: Path, **sections: dict) -> Path:
+    """Write ``data`` with ``sections`` merged in to ``path``; returns the path."""
+    write_config(path, merged(data, **sections))
+    return path
+
+
+# ---------------------------------------------------------------------- training
+
+
+def test_stages_train_into_their_own_directories_and_the_forecaster_carries_its_interpolator(run: dict) -> None:
+    checkpoints = Path(run["run_dir"]) / "checkpoints"
+    interpolator_dir, forecaster_dir = checkpoints / "dyf-interpolator" / "seed-0", checkpoints / "dyf-forecaster" / "seed-0"
+    assert not (interpolator_dir / CALIBRATION_FILE).exists()  # the interpolator makes no forecasts
+    assert (forecaster_dir / CALIBRATION_FILE).is_file()
+
+    interpolator = read_checkpoint(interpolator_dir / LAST)
+    assert interpolator["model"]["kind"] == "dyffusion_interpolator" and interpolator["model"]["hparams"]["horizon"] == 2
+    assert set(interpolator["metrics"]["rmse"]) == {"model", "linear"}  # scored against linear interpolation in time
+    assert interpolator["metrics"]["lead_hours"] == [6]
+
+    forecaster = read_checkpoint(forecaster_dir / LAST)
+    assert forecaster["model"]["kind"] == "dyffusion_forecaster"
+    assert set(forecaster["metrics"]["rmse"]) == {"model", "persistence", "climatology"}
+    frozen = forecaster["interpolator"]
+    assert frozen["source"] == str(select_checkpoint(interpolator_dir))
+    source = read_checkpoint(Path(frozen["source"]))
+    for name, value in source["model"]["state_dict"].items():
+        assert torch.equal(frozen["state_dict"][name], value), name
+
+    # the forecaster's file alone rebuilds the whole sampler, and it forecasts
+    model, info = load_checkpoint(forecaster_dir / LAST)
+    assert isinstance(model, DYffusion) and model.horizon == 2 and model.passes_per_step == 2.0
+    x = torch.randn(3, len(info.channels), info.grid.nlat, info.grid.nlon)
+    with torch.no_grad():
+        states = list(model.rollout(x, 5))
+        assert torch.equal(model(x), states[0])  # forward is the first emitted step, deterministic in eval mode
+    assert len(states) == 5 and all(torch.isfinite(s).all() for s in states)
+
+
+def test_forecaster_stage_without_a_fitting_interpolator_is_refused_before_training(run: dict, tmp_path: Path) -> None:
+    lonely = load_config(write(run, tmp_path / "lonely.yaml", model={**DYFFUSION, "name": "lonely"}))
+    for attempt in (lambda: plan_training(lonely, tmp_path / "lonely.yaml", stage="forecaster"),
+                    lambda: Trainer(lonely, 0, SINGLE, "forecaster")):
+        with pytest.raises(MyriadError, match=r"lonely-interpolator/seed-0: does not exist; train it first"):
+            attempt()
+    assert not (Path(run["run_dir"]) / "checkpoints" / "lonely-forecaster").exists()
+
+    other_horizon = {**DYFFUSION, "name": "h3", "dyffusion": {
+        "horizon": 3, "interpolator_checkpoint": str(Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0")}}
+    config = load_config(write(run, tmp_path / "h3.yaml", model=other_horizon))
+    with pytest.raises(MyriadError, match=r"was trained with other horizon 2 \(config: 3\)"):
+        Trainer(config, 0, SINGLE, "forecaster")
+    with pytest.raises(MyriadError, match="pass --stage interpolator or --stage forecaster"):
+        Trainer(config, 0, SINGLE)
+    sfno = write_config(tmp_path / "sfno.yaml", {**run, "model": {"name": "tiny", "embed_dim": 16, "num_layers": 2}})
+    with pytest.raises(MyriadError, match="training stages are for model.kind dyffusion"):
+        plan_training(sfno, tmp_path / "sfno.yaml", stage="interpolator")
+
+
+@pytest.mark.slow
+def test_the_cli_trains_both_stages_in_order_on_two_gloo_ranks(run: dict, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    config = write(run, tmp_path / "cli.yaml", model={**DYFFUSION, "name": "cli"},
+                   training={"max_steps": 2, "batch_size": 4, "seeds": [0]})
+    result = run_myriad(["train", str(config), "--nproc", "2"], cli_env, REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout + result.stderr
+    for stage in ("interpolator", "forecaster"):
+        payload = read_checkpoint(Path(run["run_dir"]) / "checkpoints" / f"cli-{stage}" / "seed-0" / LAST)
+        assert (payload["world_size"], payload["progress"]["step"]) == (2, 2)
+    assert lines.index("interpolator-seed-0") < lines.index("forecaster-seed-0")
+    dry = run_myriad(["train", str(config), "--stage", "forecaster", "--dry-run"], cli_env, REPO_ROOT)
+    assert dry.returncode == 0 and dry.stdout.strip().endswith("--seed 0 --stage forecaster"), dry.stdout + dry.stderr
+
+
+# ---------------------------------------------------------------------- ensembles
+
+
+@pytest.fixture(scope="module")
+def stochastic(run: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
+    path = write(run, tmp_path_factory.mktemp("dyf-ensemble") / "ensemble.yaml")
+    result = generate_ensemble(load_config(path), progress=False)
+    return path, xr.open_zarr(result.store_path, consolidated=False)
+
+
+def test_each_bred_member_has_its_own_dropout_samples(stochastic: tuple[Path, xr.Dataset]) -> None:
+    _, ds = stochastic
+    # 2 checkpoints x (control + 1 pair x 2 signs) x 2 samples
+    assert ds.sizes["member"] == 12 and int(ds["unit_complete"].sum()) == ds["unit_complete"].size
+    assert ds["sample"].values.tolist() == [0, 1] * 6
+    assert ds["perturbation"].values.tolist() == [0, 0, 1, 1, -1, -1] * 2
+    assert ds.attrs["samples"] == 2
+    z = ds["z500"].values  # (init, member, lead, lat, lon)
+    assert np.isfinite(z).all()
+    for first in range(0, 12, 2):  # the samples of one bred member: same start, different noise
+        np.testing.assert_array_equal(z[:, first, 0], z[:, first + 1, 0])
+        assert not np.allclose(z[:, first, 1:], z[:, first + 1, 1:])
+    spread = z[:, :, 1:].std(axis=1).mean(axis=(0, 2, 3))
+    assert (spread > 0).all()
+
+
+def test_a_stochastic_member_regenerated_alone_equals_its_copy(stochastic: tuple[Path, xr.Dataset]) -> None:
+    path, ds = stochastic
+    config = load_config(path)
+    init = ds["init_time"].values[1]
+    for member in (3, 10):  # checkpoint 0 pair 0 sample 1; checkpoint 1 pair 0 (-) sample 0
+        stored = np.stack([ds[c].sel(init_time=init, member=member).values for c in config.ensemble.output_channels], axis=1)
+        np.testing.assert_array_equal(regenerate_member(config, init, member), stored)
+        alone = regenerate_member(config, init, member, same_batch=False)  # its noise does not depend on the batch
+        np.testing.assert_allclose(alone, stored, rtol=1e-4, atol=1e-3)
+
+
+def test_samples_need_a_model_with_dropout(run: dict, tmp_path: Path) -> None:
+    sfno = load_config(write(run, tmp_path / "sfno.yaml", ensemble={**run["ensemble"], "name": "sfno-samples",
+                                                                      "checkpoints": [str(Path(run["run_dir"]) / "checkpoints" / "tiny" / "seed-0")]}))
+    with pytest.raises(MyriadError, match=r"ensemble.samples is 2 but .*tiny/seed-0/best.pt has no Monte Carlo dropout"):
+        generate_ensemble(sfno, progress=False)
+    assert not (Path(run["run_dir"]) / "ensembles" / "sfno-samples.zarr").exists()
+
+
+# ---------------------------------------------------------------------- time-mean output
+
+
+def test_long_runs_store_window_means_of_the_steps(run: dict, tmp_path: Path) -> None:
+    every = {**run["ensemble"], "name": "every-step", "n_steps": 8, "init_times": run["ensemble"]["init_times"][:1]}
+    steps = xr.open_zarr(generate_ensemble(load_config(write(run, tmp_path / "every.yaml", ensemble=every)),
+                                           progress=False).store_path, consolidated=False)
+    means_config = load_config(write(run, tmp_path / "means.yaml",
+                                     ensemble={**every, "name": "daily", "time_mean_hours": 24}))
+    result = generate_ensemble(means_config, progress=False)
+    assert result.member_steps == 12 * 8  # every model step is still computed
+    means = xr.open_zarr(result.store_path, consolidated=False)
+    assert means["lead_time"].values.astype("timedelta64[h]").astype(int).tolist() == [0, 24, 48]
+    assert means.attrs["time_mean_hours"] == 24 and "mean" in means.attrs["cell_methods"]
+    z = steps["z500"].values
+    np.testing.assert_array_equal(means["z500"].values[:, :, 0], z[:, :, 0])  # lead 0 stays the initial state
+    np.testing.assert_allclose(means["z500"].values[:, :, 1], z[:, :, 1:5].mean(axis=2), rtol=1e-6, atol=1e-2)
+    np.testing.assert_allclose(means["z500"].values[:, :, 2], z[:, :, 5:9].mean(axis=2), rtol=1e-6, atol=1e-2)
+
+    for window, message in ((9, "not a multiple of the model's 6 h time step"), (36, "do not divide the forecast")):
+        bad = load_config(write(run, tmp_path / f"bad{window}.yaml",
+                                ensemble={**every, "name": f"bad{window}", "time_mean_hours": window}))
+        with pytest.raises(MyriadError, match=f"ensemble.time_mean_hours: {window} h .*{message}"):
+            generate_ensemble(bad, progress=False)
