@@ -21,7 +21,12 @@ from pipeline.config import load_config
 from pipeline.ensemble.generator import generate_ensemble, regenerate_member
 from pipeline.errors import MyriadError
 from pipeline.training.calibration import CALIBRATION_FILE
-from pipeline.training.checkpoint import LAST, load_checkpoint, read_checkpoint, select_checkpoint
+from pipeline.training.checkpoint import (
+    LAST,
+    load_checkpoint,
+    read_checkpoint,
+    select_checkpoint,
+)
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.launch import plan_training
 from pipeline.training.trainer import Trainer

@@ -62,15 +62,21 @@ import torch
 
 from pipeline.config import MyriadConfig
 from pipeline.ensemble.bred_vectors import breed, perturbed_states
-from pipeline.ensemble.inputs import CheckpointCache, EnsembleInputs, ensemble_section, prepare_inputs, select_init_times
+from pipeline.ensemble.inputs import (
+    CheckpointCache,
+    EnsembleInputs,
+    ensemble_section,
+    prepare_inputs,
+    select_init_times,
+)
 from pipeline.ensemble.plan import Member, WorkUnit
 from pipeline.ensemble.progress import MemberStepProgress, bar_wanted
 from pipeline.ensemble.seed_field import SphericalSeedField
 from pipeline.ensemble.seeds import InitTime, canonical_init_time
 from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore
 from pipeline.errors import MyriadError
-from pipeline.zarr_metadata import consolidate
 from pipeline.training.distributed import DistributedContext
+from pipeline.zarr_metadata import consolidate
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,11 @@ import xarray as xr
 from models.sfno import has_dropout
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time, open_analysis
-from pipeline.ensemble.bred_vectors import bred_vector_target, breeding_times, non_negative_mask
+from pipeline.ensemble.bred_vectors import (
+    bred_vector_target,
+    breeding_times,
+    non_negative_mask,
+)
 from pipeline.ensemble.config import EnsembleConfig
 from pipeline.ensemble.plan import EnsemblePlan
 from pipeline.ensemble.seeds import InitTime, canonical_init_time

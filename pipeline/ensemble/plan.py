@@ -38,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.ensemble.seeds import BRED_VECTOR, CONTROL_PAIR, SAMPLING, InitTime, canonical_init_time, member_seed
+from pipeline.ensemble.seeds import (
+    BRED_VECTOR,
+    CONTROL_PAIR,
+    SAMPLING,
+    InitTime,
+    canonical_init_time,
+    member_seed,
+)
 from pipeline.errors import MyriadError
 
 

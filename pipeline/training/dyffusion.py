@@ -50,7 +50,6 @@ from pipeline.training.normalisation import Normalisation
 from pipeline.training.validation import Skill
 
 
-
 def _dyffusion(config: MyriadConfig):
     if config.model is None or config.model.kind != "dyffusion":
         kind = None if config.model is None else config.model.kind

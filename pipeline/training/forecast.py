@@ -100,5 +100,5 @@ class Forecaster:
                 generators: Sequence[torch.Generator] | None = None) -> Iterator[torch.Tensor]:
         """Yield the physical states after 1, 2, ..., ``n_steps`` steps from ``state`` (see :meth:`rollout_normalised`)."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
-        for z in self.rollout_normalised(z, n_steps, generators):
-            yield self.normalisation.denormalise(z)
+        for step in self.rollout_normalised(z, n_steps, generators):
+            yield self.normalisation.denormalise(step)

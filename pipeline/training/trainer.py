@@ -72,7 +72,13 @@ from pipeline.training.dataset import (
     resolve_periods,
 )
 from pipeline.training.distributed import DistributedContext
-from pipeline.training.dyffusion import StageLoss, check_stage, checked_stage, evaluate_interpolator, load_frozen_interpolator
+from pipeline.training.dyffusion import (
+    StageLoss,
+    check_stage,
+    checked_stage,
+    evaluate_interpolator,
+    load_frozen_interpolator,
+)
 from pipeline.training.forecast import Forecaster, autocast_context
 from pipeline.training.losses import SphericalL1, SphericalMSE, channel_weight_vector
 from pipeline.training.optim import (

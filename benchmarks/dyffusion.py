@@ -1,0 +1,321 @@
+"""Spherical DYffusion against the SFNO on the quickstart planet: cost, ensemble skill and a long climate run.
+
+Needs both configs trained, and for the skill part both ensembles generated
+and scored (``myriad run configs/quickstart.yaml`` and ``myriad run
+configs/dyffusion-quickstart.yaml``).
+
+1. **Cost**: network forward passes per emitted step, counted with forward
+   hooks on every SFNO network inside each model over a rollout of
+   ``--cost-steps`` steps (DYffusion's cold sampler: :math:`(3h-2)/h`; the
+   SFNO: 1), and member-steps/s of both at the same member batch, in the
+   same process and thread count, in alternating blocks (the DYffusion
+   members with their own dropout generators, as the ensemble generator
+   runs them).
+2. **Skill** of the two ensembles from their diagnostics stores (global
+   region, mean over init times): fair CRPS, spread-skill ratio and
+   ensemble-mean RMSE (square root of the mean square over init times) at 1,
+   3, 5 and 10 days per channel.
+3. **Climate**: ``--years`` of free rollout of ``--members`` stochastic
+   members of the DYffusion checkpoint (and the SFNO's, with
+   ``--climate-models sfno dyffusion``) from the first validation time.
+   Running sums (float64) give, per channel, the time-mean global mean
+   :math:`\\overline{\\langle x\\rangle}` and the time-mean zonal mean
+   :math:`\\overline{[x]}(\\phi)`, and the global kinetic energy
+   :math:`\\langle (u^2+v^2)/2 \\rangle` per year; they are compared with
+   the same quantities over every time of the analysis record (the
+   planet's own climate): global-mean bias, the area-weighted RMS over
+   latitude of the zonal-mean bias (also divided by the planet's
+   zonal-mean RMS deviation from its global mean, a scale-free figure), and
+   the ratio of time-mean kinetic energies. Any non-finite state stops the
+   run and is reported.
+
+    python benchmarks/dyffusion.py                                   # all three, 10 years
+    python benchmarks/dyffusion.py --skip-climate                    # cost and skill only
+    python benchmarks/dyffusion.py --skip-cost --skip-skill --years 1
+
+Prints tables and writes ``benchmarks/results/dyffusion.json`` (parts not
+run keep their previous figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from models.sfno import SFNO
+from pipeline.config import MyriadConfig, load_config
+from pipeline.data.store import open_analysis
+from pipeline.ensemble.inputs import resolve_checkpoint
+from pipeline.grid import Grid, latitude_weights
+from pipeline.training.forecast import Forecaster
+
+RESULTS = Path(__file__).resolve().parent / "results" / "dyffusion.json"
+LEAD_DAYS = (1, 3, 5, 10)
+logger = logging.getLogger("benchmarks.dyffusion")
+
+
+def first_checkpoint(config: MyriadConfig) -> Path:
+    return resolve_checkpoint(config.ensemble.checkpoints[0])
+
+
+def generators(n: int, seed: int) -> list[torch.Generator]:
+    """One dropout generator per member (what the ensemble generator gives each member)."""
+    return [torch.Generator().manual_seed(seed + k) for k in range(n)]
+
+
+# ---------------------------------------------------------------------- 1. cost
+
+
+def count_passes(forecaster: Forecaster, x: torch.Tensor, n_steps: int) -> float:
+    """Forward passes of SFNO networks per emitted step over an ``n_steps`` rollout."""
+    calls = [0]
+    hooks = [m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for m in forecaster.model.modules() if isinstance(m, SFNO)]
+    try:
+        for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 0)):
+            pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls[0] / n_steps
+
+
+def member_steps_per_second(forecaster: Forecaster, x: torch.Tensor, n_steps: int) -> float:
+    start = time.perf_counter()
+    for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 1)):
+        pass
+    return x.shape[0] * n_steps / (time.perf_counter() - start)
+
+
+def cost(models: dict[str, Forecaster], x0: torch.Tensor, args: argparse.Namespace) -> dict:
+    x = x0.expand(args.batch, -1, -1, -1).contiguous()
+    passes = {name: count_passes(f, x[:1], args.cost_steps) for name, f in models.items()}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(args.repeats):
+        order = list(models) if repeat % 2 == 0 else list(reversed(models))
+        for name in order:
+            rates[name].append(member_steps_per_second(models[name], x, args.cost_steps))
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    return {
+        "steps": args.cost_steps,
+        "batch": args.batch,
+        "passes_per_step": passes,
+        "pass_ratio": passes["dyffusion"] / passes["sfno"],
+        "member_steps_per_s": median,
+        "member_steps_per_s_all": rates,
+        "time_ratio": median["sfno"] / median["dyffusion"],
+    }
+
+
+# ---------------------------------------------------------------------- 2. skill
+
+
+def skill(config: MyriadConfig) -> dict:
+    """Global fair CRPS, SSR and ensemble-mean RMSE at LEAD_DAYS, per channel (mean over init times)."""
+    path = config.diagnostics.store_path(config.run_dir)
+    ds = xr.open_zarr(path).sel(region="global")
+    leads = [np.timedelta64(d * 24, "h") for d in LEAD_DAYS]
+    ds = ds.sel(lead_time=leads)
+    out: dict[str, dict] = {"store": str(path), "n_members": int(ds.attrs["n_members"]), "lead_days": list(LEAD_DAYS)}
+    for channel in ds["channel"].values.tolist():
+        c = ds.sel(channel=channel)
+        out[channel] = {
+            "crps_fair": c["crps_fair"].mean("init_time").values.tolist(),
+            "ssr": c["spread_skill_ratio"].mean("init_time").values.tolist(),
+            "ensemble_mean_rmse": np.sqrt((c["rmse"] ** 2).mean("init_time")).values.tolist(),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------- 3. climate
+
+
+class ClimateSums:
+    """Running float64 sums: the time-mean zonal mean of each channel, and the global kinetic energy (total and per year)."""
+
+    def __init__(self, channels: tuple[str, ...], grid: Grid) -> None:
+        self.channels = channels
+        self.weights = torch.as_tensor(latitude_weights(grid.latitudes) / grid.nlat, dtype=torch.float64)
+        self.zonal = torch.zeros(len(channels), grid.nlat, dtype=torch.float64)
+        self.count = 0
+        self.has_wind = "u500" in channels and "v500" in channels
+        self.ke_total = 0.0
+        self.ke_year: list[float] = []
+        self._ke_since, self._count_since = 0.0, 0
+
+    def add(self, states: torch.Tensor) -> None:
+        """Add ``(N, C, nlat, nlon)`` physical states (members of one time, or times of the record)."""
+        self.zonal += states.double().mean(dim=-1).sum(dim=0)
+        self.count += states.shape[0]
+        self._count_since += states.shape[0]
+        if self.has_wind:
+            u = states[:, self.channels.index("u500")].double()
+            v = states[:, self.channels.index("v500")].double()
+            ke = float(((0.5 * (u**2 + v**2)).mean(dim=-1) @ self.weights).sum())
+            self.ke_total += ke
+            self._ke_since += ke
+
+    def close_year(self) -> None:
+        """Record the mean kinetic energy since the last call as one year's."""
+        if self._count_since:
+            self.ke_year.append(self._ke_since / self._count_since)
+        self._ke_since, self._count_since = 0.0, 0
+
+    def zonal_mean(self) -> np.ndarray:
+        return (self.zonal / self.count).numpy()
+
+    def kinetic_energy(self) -> float:
+        return self.ke_total / self.count if self.has_wind and self.count else float("nan")
+
+
+def analysis_climate(config: MyriadConfig, channels: tuple[str, ...], grid: Grid) -> ClimateSums:
+    ds = open_analysis(config.analysis_path, chunks=None)
+    sums = ClimateSums(channels, grid)
+    for start in range(0, ds.sizes["time"], 256):
+        block = ds[list(channels)].isel(time=slice(start, start + 256)).to_array("channel").transpose("time", "channel", ...)
+        sums.add(torch.from_numpy(np.ascontiguousarray(block.values, dtype=np.float32)))
+    return sums
+
+
+def climate_run(forecaster: Forecaster, x0: torch.Tensor, members: int, n_steps: int, steps_per_year: int,
+                channels: tuple[str, ...], grid: Grid, on_year: Callable[[int, float], None]) -> tuple[ClimateSums, bool, int]:
+    sums = ClimateSums(channels, grid)
+    x = x0.expand(members, -1, -1, -1).contiguous()
+    finite, done = True, 0
+    for state in forecaster.rollout(x, n_steps, generators(members, 7)):
+        done += 1
+        if not torch.isfinite(state).all():
+            finite = False
+            break
+        sums.add(state)
+        if done % steps_per_year == 0:
+            sums.close_year()
+            on_year(done // steps_per_year, sums.ke_year[-1] if sums.ke_year else float("nan"))
+    return sums, finite, done
+
+
+def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
+    w = latitude_weights(grid.latitudes)
+    m, t = model.zonal_mean(), truth.zonal_mean()
+    table = {}
+    for k, channel in enumerate(model.channels):
+        global_model, global_truth = float(np.average(m[k], weights=w)), float(np.average(t[k], weights=w))
+        zonal_rms = float(np.sqrt(np.average((m[k] - t[k]) ** 2, weights=w)))
+        scale = float(np.sqrt(np.average((t[k] - global_truth) ** 2, weights=w)))
+        table[channel] = {
+            "global_mean_model": global_model,
+            "global_mean_planet": global_truth,
+            "global_mean_bias": global_model - global_truth,
+            "zonal_mean_rms_bias": zonal_rms,
+            "zonal_mean_rms_bias_relative": zonal_rms / scale if scale > 0 else float("nan"),
+        }
+    if model.has_wind:
+        table["kinetic_energy_ratio"] = model.kinetic_energy() / truth.kinetic_energy()
+        table["kinetic_energy_per_year_ratio"] = [k / truth.kinetic_energy() for k in model.ke_year]
+    return table
+
+
+def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], args: argparse.Namespace) -> dict:
+    config = configs["dyffusion"]
+    info = models["dyffusion"].info
+    channels, grid, step_hours = info.channels, info.grid, info.time_step_hours
+    steps_per_year = round(365.25 * 24 / step_hours)
+    n_steps = round(args.years * steps_per_year)
+    truth = analysis_climate(config, channels, grid)
+    analysis = open_analysis(config.analysis_path, chunks=None)
+    start = np.datetime64(config.training.val_period.start, "ns")
+    x0 = torch.from_numpy(np.stack([analysis[c].sel(time=start).values for c in channels]).astype(np.float32))[None]
+    out: dict = {"years": args.years, "steps": n_steps, "members": args.members, "init_time": str(start)[:16],
+                 "planet_record": [str(analysis.time.values[0])[:10], str(analysis.time.values[-1])[:10]],
+                 "planet_kinetic_energy": truth.kinetic_energy()}
+    for name in args.climate_models:
+        clock = time.perf_counter()
+        sums, finite, done = climate_run(models[name], x0, args.members, n_steps, steps_per_year, channels, grid,
+                                         lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke))
+        out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
+                     **bias_table(sums, truth, grid)}
+    return out
+
+
+# ---------------------------------------------------------------------- report
+
+
+def print_report(result: dict) -> None:
+    if "cost" in result:
+        c = result["cost"]
+        print(f"passes per emitted step: SFNO {c['passes_per_step']['sfno']:.3g}, DYffusion {c['passes_per_step']['dyffusion']:.3g} "
+              f"({c['pass_ratio']:.2f}x); member-steps/s at batch {c['batch']}: SFNO {c['member_steps_per_s']['sfno']:.1f}, "
+              f"DYffusion {c['member_steps_per_s']['dyffusion']:.1f} ({c['time_ratio']:.2f}x the time)")
+    if "skill" in result:
+        s = result["skill"]
+        print(f"{'channel':<8} {'model':<10} " + " ".join(f"{f'{d} d CRPS/SSR/RMSE':>24}" for d in LEAD_DAYS))
+        for channel in [k for k in s["sfno"] if isinstance(s["sfno"][k], dict)]:
+            for name in ("sfno", "dyffusion"):
+                v = s[name][channel]
+                print(f"{channel:<8} {name:<10} " + " ".join(
+                    f"{v['crps_fair'][i]:>9.3g}/{v['ssr'][i]:.2f}/{v['ensemble_mean_rmse'][i]:<9.3g}" for i in range(len(LEAD_DAYS))))
+    if "climate" in result:
+        c = result["climate"]
+        for name in [k for k in c if isinstance(c[k], dict)]:
+            v = c[name]
+            print(f"{name}: {c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s), "
+                  f"KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3f}")
+            for channel in result.get("channels", []):
+                b = v[channel]
+                print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
+                      f"(bias {b['global_mean_bias']:+.3g}); zonal-mean RMS bias {b['zonal_mean_rms_bias']:.3g} "
+                      f"({b['zonal_mean_rms_bias_relative']:.2f} of the planet's zonal contrast)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sfno-config", default="configs/quickstart.yaml")
+    parser.add_argument("--dyffusion-config", default="configs/dyffusion-quickstart.yaml")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8, help="members per batch in the cost measurement")
+    parser.add_argument("--cost-steps", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--years", type=float, default=10.0)
+    parser.add_argument("--members", type=int, default=1, help="stochastic members of the climate run")
+    parser.add_argument("--climate-models", nargs="+", default=["dyffusion"], choices=["sfno", "dyffusion"])
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-skill", action="store_true")
+    parser.add_argument("--skip-climate", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    configs = {"sfno": load_config(args.sfno_config), "dyffusion": load_config(args.dyffusion_config)}
+    models = {name: Forecaster.from_checkpoint(first_checkpoint(c), bf16=False) for name, c in configs.items()}
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    result.update({"benchmark": "Spherical DYffusion vs SFNO on the quickstart planet", "threads": args.threads,
+                   "device": f"cpu ({platform.machine()})", "torch": str(torch.__version__),
+                   "checkpoints": {name: str(f.info.path) for name, f in models.items()},
+                   "channels": list(models["dyffusion"].info.channels)})
+    with torch.inference_mode():
+        if not args.skip_cost:
+            analysis = open_analysis(configs["dyffusion"].analysis_path, chunks=None)
+            info = models["dyffusion"].info
+            x0 = np.stack([analysis[c].isel(time=-1).values for c in info.channels]).astype(np.float32)
+            z0 = info.normalisation.normalise(torch.from_numpy(x0)[None])
+            result["cost"] = cost(models, z0, args)
+        if not args.skip_skill:
+            result["skill"] = {name: skill(c) for name, c in configs.items()}
+        if not args.skip_climate:
+            result["climate"] = climate(configs, models, args)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(result)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
