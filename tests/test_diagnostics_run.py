@@ -193,7 +193,7 @@ def test_stage_writes_a_store_with_the_documented_dims(synthetic_run: MyriadConf
 
 def test_report_has_pngs_and_an_offline_index(synthetic_run: MyriadConfig, diagnosed: dict[str, Any]) -> None:
     index = diagnosed["index"]
-    report_dir = synthetic_run.run_dir / "report"
+    report_dir = synthetic_run.run_dir / "report" / synthetic_run.diagnostics.name
     assert index == report_dir / "index.html"
     text = index.read_text()
     links = re.findall(r"<img src='([^']+)'", text)
@@ -378,7 +378,7 @@ def test_cli_diagnose_writes_outputs_and_an_unchanged_rerun_is_cached(synthetic_
     assert first.returncode == 0, first.stderr
     store = synthetic_run.run_dir / "diagnostics" / "cli.zarr"
     assert f"diagnostics store: {store}" in first.stderr.replace("\n", "")
-    assert (synthetic_run.run_dir / "report" / "index.html").is_file()
+    assert (synthetic_run.run_dir / "report" / "cli" / "index.html").is_file()
     inode = store.stat().st_ino
     second = run_myriad(args, cli_env, tmp_path)
     assert second.returncode == 0, second.stderr

@@ -101,7 +101,7 @@ def test_the_main_job_writes_every_stage_and_says_how_to_open_it(reference) -> N
     assert dict(ensemble.z500.sizes) == {"init_time": 2, "member": 10, "lead_time": 4, "latitude": 17, "longitude": 32}
     diagnostics = xr.open_zarr(run_dir / "diagnostics" / "diagnostics.zarr")
     assert {"rmse", "spread", "crps"} <= set(diagnostics.data_vars)
-    assert (run_dir / "report" / "index.html").is_file()
+    assert (run_dir / "report" / "diagnostics" / "index.html").is_file()
     output = result.stdout + result.stderr
     assert 'xr.open_zarr("' in output and "ensemble = xr.open_zarr(" in output
 

@@ -126,5 +126,5 @@ class DiagnosticsConfig(StrictModel):
         return Path(run_dir) / "diagnostics" / f"{self.name}.zarr"
 
     def report_dir(self, run_dir: str | Path) -> Path:
-        """``<run_dir>/report``."""
-        return Path(run_dir) / "report"
+        """``<run_dir>/report/<name>`` (one report per diagnostics store, so several models can share a run)."""
+        return Path(run_dir) / "report" / self.name

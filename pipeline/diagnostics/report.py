@@ -1,4 +1,4 @@
-"""The offline report ``<run_dir>/report/index.html`` (+ the PNG figures beside it).
+"""The offline report ``<run_dir>/report/<name>/index.html`` (+ the PNG figures beside it).
 
 One self-contained HTML file: inline CSS, no scripts, no network; images by
 relative links (``maps_z500.png``...), so the report directory can be copied
@@ -156,7 +156,7 @@ def write_report(store: str | Path, out_dir: str | Path, map_lead_hours: int | N
 
 
 def report(config: MyriadConfig) -> Path:
-    """The report of the configured diagnostics store: ``<run_dir>/report/index.html``."""
+    """The report of the configured diagnostics store: ``<run_dir>/report/<name>/index.html``."""
     settings = config.diagnostics or DiagnosticsConfig()
     return write_report(settings.store_path(config.run_dir), settings.report_dir(config.run_dir),
                         settings.map_lead_hours, f"Myriad diagnostics: {settings.name}")
@@ -166,7 +166,7 @@ _KEY_RE = re.compile(r"<meta name='myriad-key' content='([^']*)'>")
 
 
 def report_ready(config: MyriadConfig, key: str) -> bool:
-    """True when ``<run_dir>/report/index.html`` was made from a store with cache key ``key``."""
+    """True when ``<run_dir>/report/<name>/index.html`` was made from a store with cache key ``key``."""
     settings = config.diagnostics or DiagnosticsConfig()
     index = settings.report_dir(config.run_dir) / INDEX
     try:
