@@ -224,6 +224,22 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
     return table
 
 
+KE_RATIO_TOLERANCE = (0.8, 1.25)
+"""Stated climate tolerance: time-mean global kinetic energy within -20 % .. +25 % of the planet's ..."""
+ZONAL_BIAS_TOLERANCE = 0.25
+"""... and every channel's zonal-mean RMS bias below a quarter of the planet's zonal contrast."""
+
+
+def judge(model: dict) -> dict:
+    """Stability verdict of one climate run against the stated tolerances."""
+    channels = [k for k, v in model.items() if isinstance(v, dict) and "zonal_mean_rms_bias_relative" in v]
+    worst = max(model[c]["zonal_mean_rms_bias_relative"] for c in channels)
+    ke = model.get("kinetic_energy_ratio", float("nan"))
+    within = bool(KE_RATIO_TOLERANCE[0] <= ke <= KE_RATIO_TOLERANCE[1] and worst < ZONAL_BIAS_TOLERANCE)
+    return {"worst_zonal_mean_rms_bias_relative": worst, "within_stated_bias": bool(model["finite"] and within),
+            "tolerance": {"kinetic_energy_ratio": list(KE_RATIO_TOLERANCE), "zonal_mean_rms_bias_relative": ZONAL_BIAS_TOLERANCE}}
+
+
 def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], args: argparse.Namespace) -> dict:
     config = configs["dyffusion"]
     info = models["dyffusion"].info
@@ -243,6 +259,7 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
                                          lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke))
         out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
                      **bias_table(sums, truth, grid)}
+        out[name].update(judge(out[name]))
     return out
 
 
@@ -268,7 +285,7 @@ def print_report(result: dict) -> None:
         for name in [k for k in c if isinstance(c[k], dict)]:
             v = c[name]
             print(f"{name}: {c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s), "
-                  f"KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3f}")
+                  f"KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3g}, within the stated bias: {v['within_stated_bias']}")
             for channel in result.get("channels", []):
                 b = v[channel]
                 print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
