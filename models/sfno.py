@@ -63,6 +63,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_harmonics import InverseRealSHT, RealSHT
 
+from models.spectral import BandLimit, SpectralAnalysis, SpectralSynthesis
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
@@ -152,11 +154,20 @@ class SphericalConvolution(nn.Module):
     two transforms live on different grids (spectral resampling). Both run in
     float32 with autocast disabled, whatever the input dtype.
 
+    The transforms work on real (order, real/imaginary part) pairs
+    (:mod:`models.spectral`), so the complex product is applied as its real
+    2x2 form, :math:`\mathrm{Re}\,y = W_r \mathrm{Re}\,a - W_i \mathrm{Im}\,a`,
+    :math:`\mathrm{Im}\,y = W_i \mathrm{Re}\,a + W_r \mathrm{Im}\,a`; with
+    resampling, the filtered and the skip coefficients go through one inverse
+    transform together.
+
     Parameters
     ----------
-    sht, isht
+    analysis, synthesis
         Forward transform on the input grid and inverse transform on the
-        output grid, with the same ``lmax``/``mmax`` (shared between blocks).
+        output grid (:class:`models.spectral.SpectralAnalysis` and
+        :class:`~models.spectral.SpectralSynthesis`), with the same
+        ``lmax``/``mmax`` (shared between blocks).
     in_channels, out_channels
         Channel counts.
     constant_removed
@@ -164,34 +175,44 @@ class SphericalConvolution(nn.Module):
         carries no signal and its weight is held at zero.
     """
 
-    def __init__(self, sht: RealSHT, isht: InverseRealSHT, in_channels: int, out_channels: int, constant_removed: bool = False) -> None:
+    def __init__(self, analysis: SpectralAnalysis, synthesis: SpectralSynthesis, in_channels: int, out_channels: int,
+                 constant_removed: bool = False) -> None:
         super().__init__()
-        self.sht = sht
-        self.isht = isht
-        self.resamples = (sht.nlat, sht.nlon) != (isht.nlat, isht.nlon)
+        if (analysis.lmax, analysis.mmax) != (synthesis.lmax, synthesis.mmax):
+            raise ValueError("the forward and inverse transforms need the same lmax and mmax")
+        self.analysis = analysis
+        self.synthesis = synthesis
+        self.resamples = (analysis.nlat, analysis.nlon) != (synthesis.nlat, synthesis.nlon)
         # real/imaginary pairs (real parameters keep DDP, optimisers and checkpoints simple);
         # variance 1/in_channels for the complex weight, split between its two parts
         scale = math.sqrt(0.5 / in_channels)
-        self.weight = nn.Parameter(scale * torch.randn(in_channels, out_channels, isht.lmax, 2))
+        self.weight = nn.Parameter(scale * torch.randn(in_channels, out_channels, synthesis.lmax, 2))
         # Degree 0 has only the order m = 0, whose imaginary part the real inverse transform
         # drops, so Im W_0 is kept at zero; with ``constant_removed`` (a following instance
         # norm subtracts the mean) the constant field W_0 a_00 Y_00 vanishes too and W_0 is
         # zeroed whole. Dead parameters would otherwise live on rounding noise, which Adam
         # scales up to full-size steps.
-        mask = torch.ones(1, 1, isht.lmax, 2)
+        mask = torch.ones(1, 1, synthesis.lmax, 2)
         mask[:, :, 0, 1] = 0.0
         if constant_removed:
             mask[:, :, 0, 0] = 0.0
         self.register_buffer("live_weights", mask, persistent=False)
 
+    def real_weight(self) -> torch.Tensor:
+        """The complex weight as real 2x2 blocks, shape ``(in, 2, out, 2, lmax)``: ``[i, part in, o, part out, l]``."""
+        w = self.weight * self.live_weights
+        real, imag = w[..., 0], w[..., 1]
+        return torch.stack([torch.stack([real, imag], dim=2), torch.stack([-imag, real], dim=2)], dim=1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            coefficients = self.sht(x.float())
-            weight = torch.view_as_complex(self.weight * self.live_weights)
-            mixed = torch.einsum("bilm,iol->bolm", coefficients, weight)
-            y = self.isht(mixed)
-            skip = self.isht(coefficients) if self.resamples else x
-        return y, skip
+            coefficients = self.analysis(x.float())  # (m, 2, B, in, l)
+            mixed = torch.einsum("mcbil,icodl->mdbol", coefficients, self.real_weight())
+            if not self.resamples:
+                return self.synthesis(mixed), x
+            both = self.synthesis(torch.cat([mixed, coefficients], dim=2))
+            batch = x.shape[0]
+        return both[:batch], both[batch:]
 
 
 class SFNOBlock(nn.Module):
@@ -199,7 +220,7 @@ class SFNOBlock(nn.Module):
 
     Parameters
     ----------
-    sht, isht
+    analysis, synthesis
         Transforms of :class:`SphericalConvolution`.
     dim
         Channels (embedding width).
@@ -217,8 +238,8 @@ class SFNOBlock(nn.Module):
 
     def __init__(
         self,
-        sht: RealSHT,
-        isht: InverseRealSHT,
+        analysis: SpectralAnalysis,
+        synthesis: SpectralSynthesis,
         dim: int,
         mlp_ratio: float,
         drop_rate: float,
@@ -227,7 +248,7 @@ class SFNOBlock(nn.Module):
         cond_dim: int | None,
     ) -> None:
         super().__init__()
-        self.filter = SphericalConvolution(sht, isht, dim, dim, constant_removed=normalization == "instance")
+        self.filter = SphericalConvolution(analysis, synthesis, dim, dim, constant_removed=normalization == "instance")
         self.norm = nn.InstanceNorm2d(dim, affine=True) if normalization == "instance" else nn.Identity()
         self.film = nn.Linear(cond_dim, 2 * dim) if cond_dim is not None else None
         if self.film is not None:
@@ -364,6 +385,10 @@ class SFNO(nn.Module):
         self.isht_data = InverseRealSHT(nlat, nlon, lmax=modes, mmax=modes, grid="equiangular").float()
         self.sht_inner = RealSHT(inner_nlat, inner_nlon, lmax=modes, mmax=modes, grid=grid_internal).float()
         self.isht_inner = InverseRealSHT(inner_nlat, inner_nlon, lmax=modes, mmax=modes, grid=grid_internal).float()
+        # the same transforms in the real pair layout the blocks use (models.spectral)
+        analysis_data, analysis_inner = SpectralAnalysis(self.sht_data), SpectralAnalysis(self.sht_inner)
+        synthesis_data, synthesis_inner = SpectralSynthesis(self.isht_data), SpectralSynthesis(self.isht_inner)
+        self.band_limit = BandLimit(self.sht_data, self.isht_data)
 
         if conditioning:
             self.cond_embedding = nn.Sequential(
@@ -377,8 +402,8 @@ class SFNO(nn.Module):
             self.cond_embedding = None
         self.blocks = nn.ModuleList(
             SFNOBlock(
-                self.sht_data if k == 0 else self.sht_inner,
-                self.isht_data if k == num_layers - 1 else self.isht_inner,
+                analysis_data if k == 0 else analysis_inner,
+                synthesis_data if k == num_layers - 1 else synthesis_inner,
                 embed_dim,
                 mlp_ratio,
                 drop_rate,
@@ -438,7 +463,7 @@ class SFNO(nn.Module):
         delta = self.decoder(h)
         if self.bandlimit_output:
             with torch.autocast(device_type=delta.device.type, enabled=False):
-                delta = self.isht_data(self.sht_data(delta.float()))
+                delta = self.band_limit(delta.float())
         if self.residual:
             return x[:, : self.out_channels] + delta * self.increment_scale[:, None, None]
         return delta.to(x.dtype)
