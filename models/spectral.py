@@ -63,20 +63,29 @@ def _real_parts_kept(nlon: int, mmax: int) -> torch.Tensor:
     return kept
 
 
+def _check_orders(transform: RealSHT | InverseRealSHT) -> None:
+    if transform.mmax > transform.nlon // 2 + 1:
+        raise ValueError(f"mmax {transform.mmax} exceeds the {transform.nlon // 2 + 1} orders of {transform.nlon} longitudes")
+
+
+def _order_angles(nlon: int, mmax: int) -> torch.Tensor:
+    """``2 pi m j / nlon`` for orders ``m < mmax`` and longitudes ``j``, shape (mmax, nlon), float64."""
+    return 2.0 * math.pi * torch.outer(torch.arange(mmax, dtype=torch.float64), torch.arange(nlon, dtype=torch.float64)) / nlon
+
+
 class SpectralAnalysis(nn.Module):
     """The real SHT of ``sht``: ``(*batch, nlat, nlon)`` -> pair layout ``(mmax, 2, *batch, lmax)``, float32."""
 
     def __init__(self, sht: RealSHT) -> None:
         super().__init__()
-        if sht.mmax > sht.nlon // 2 + 1:
-            raise ValueError(f"mmax {sht.mmax} exceeds the {sht.nlon // 2 + 1} orders of {sht.nlon} longitudes")
+        _check_orders(sht)
         self.nlat, self.nlon, self.lmax, self.mmax = sht.nlat, sht.nlon, sht.lmax, sht.mmax
         self.dense = sht.nlon <= DENSE_DFT_MAX_NLON
         # (m, l, k) -> (m, c, k, l): the same quadrature for both parts
         legendre = sht.weights.double().transpose(1, 2)
         self.register_buffer("legendre", legendre[:, None].expand(-1, 2, -1, -1).reshape(2 * self.mmax, self.nlat, self.lmax).float().contiguous(), persistent=False)
         if self.dense:
-            angle = 2.0 * math.pi * torch.outer(torch.arange(self.mmax, dtype=torch.float64), torch.arange(self.nlon, dtype=torch.float64)) / self.nlon
+            angle = _order_angles(self.nlon, self.mmax)
             dft = torch.stack([torch.cos(angle), -torch.sin(angle)], dim=1) / self.nlon  # (m, c, j)
             self.register_buffer("dft", dft.reshape(2 * self.mmax, self.nlon).float(), persistent=False)
 
@@ -103,15 +112,14 @@ class SpectralSynthesis(nn.Module):
 
     def __init__(self, isht: InverseRealSHT) -> None:
         super().__init__()
-        if isht.mmax > isht.nlon // 2 + 1:
-            raise ValueError(f"mmax {isht.mmax} exceeds the {isht.nlon // 2 + 1} orders of {isht.nlon} longitudes")
+        _check_orders(isht)
         self.nlat, self.nlon, self.lmax, self.mmax = isht.nlat, isht.nlon, isht.lmax, isht.mmax
         self.dense = isht.nlon <= DENSE_DFT_MAX_NLON
         # (m, k, l) -> (m, c, l, k); the parts a real inverse transform drops get a zero matrix
         legendre = isht.pct.double().transpose(1, 2)[:, None] * _real_parts_kept(self.nlon, self.mmax)[:, :, None, None]
         self.register_buffer("legendre", legendre.reshape(2 * self.mmax, self.lmax, self.nlat).float().contiguous(), persistent=False)
         if self.dense:
-            angle = 2.0 * math.pi * torch.outer(torch.arange(self.mmax, dtype=torch.float64), torch.arange(self.nlon, dtype=torch.float64)) / self.nlon
+            angle = _order_angles(self.nlon, self.mmax)
             factors = _harmonic_factors(self.nlon, self.mmax)[:, None]
             idft = torch.stack([factors * torch.cos(angle), -factors * torch.sin(angle)], dim=1)  # (m, c, j)
             self.register_buffer("idft", idft.reshape(2 * self.mmax, self.nlon).float(), persistent=False)

@@ -47,7 +47,7 @@ from pipeline.training.dataset import Frames
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.losses import SphericalMSE
 from pipeline.training.normalisation import Normalisation
-from pipeline.training.validation import Skill
+from pipeline.training.validation import Skill, ranks_rmse
 
 
 def _dyffusion(config: MyriadConfig):
@@ -228,12 +228,9 @@ def evaluate_interpolator(interpolator: nn.Module, frames: Frames, starts: np.nd
             guesses = (interpolator(x_start, x_end, fraction).float(), (1 - fraction) * x_start + fraction * x_end)
             for r, guess in enumerate(guesses):
                 sums[r, n - 1] += loss.per_channel(guess, window[:, n]).double().sum(dim=0)
-    count = torch.tensor([float(len(mine))], dtype=torch.float64, device=ctx.device)
-    ctx.all_reduce_sum(sums)
-    ctx.all_reduce_sum(count)
-    rmse = torch.sqrt(sums / count).cpu().numpy() * normalisation.std[None, None, :]
+    rmse, n_inits = ranks_rmse(sums, len(mine), normalisation, ctx)
     return Skill(lead_hours=tuple(n * step_hours for n in range(1, horizon)), channels=normalisation.channels,
-                 rmse={"model": rmse[0], "linear": rmse[1]}, n_inits=int(count.item()))
+                 rmse={"model": rmse[0], "linear": rmse[1]}, n_inits=n_inits)
 
 
 # ---------------------------------------------------------------------- batches and losses

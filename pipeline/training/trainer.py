@@ -450,6 +450,8 @@ class Trainer:
         else:
             forecaster = Forecaster(self._forecast_model(), self.data.normalisation, self.ctx.device, self.training.bf16)
             starts = evenly_spaced(len(self.val_frames) - max(self.val_leads), self.training.val_max_inits)
+            if self.interpolator is not None:
+                self.interpolator.set_mc_dropout(False)  # deterministic validation
             try:
                 skill = evaluate(
                     forecaster.rollout_normalised, self.val_frames, starts, self.val_leads, self.step_hours,
@@ -465,12 +467,8 @@ class Trainer:
         return skill
 
     def _forecast_model(self) -> nn.Module:
-        """The network as a one-step forecaster: the SFNO, or the DYffusion sampler (dropout off)."""
-        if self.stage != "forecaster":
-            return self.model
-        if self.interpolator is not None:
-            self.interpolator.set_mc_dropout(False)  # deterministic validation (validate turns it back on)
-        return DYffusion(self.model, self.interpolator)
+        """The network as a forecaster: the SFNO, or the DYffusion sampler with the frozen interpolator."""
+        return self.model if self.stage != "forecaster" else DYffusion(self.model, self.interpolator)
 
     def _improved(self, skill: Skill) -> list[str]:
         """Files to write after a validation: ``best.pt`` too when the score improved."""

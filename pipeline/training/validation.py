@@ -160,13 +160,23 @@ def evaluate(
             forecasts = (z, z0) if climatology_z is None else (z, z0, climatology_z.to(device).expand_as(truth))
             for r, forecast in enumerate(forecasts):
                 sums[r, i] += loss.per_channel(forecast, truth).double().sum(dim=0)
-    count = torch.tensor([float(len(mine))], dtype=torch.float64, device=device)
-    ctx.all_reduce_sum(sums)
-    ctx.all_reduce_sum(count)
-    rmse = torch.sqrt(sums / count).cpu().numpy() * normalisation.std[None, None, :]
+    rmse, n_inits = ranks_rmse(sums, len(mine), normalisation, ctx)
     return Skill(
         lead_hours=tuple(lead * step_hours for lead in leads),
         channels=normalisation.channels,
         rmse={name: rmse[r] for r, name in enumerate(references)},
-        n_inits=int(count.item()),
+        n_inits=n_inits,
     )
+
+
+def ranks_rmse(sums: torch.Tensor, n_local: int, normalisation: Normalisation,
+               ctx: DistributedContext) -> tuple[np.ndarray, int]:
+    """RMSE in physical units from every rank's squared-error sums over its ``n_local`` initial times.
+
+    ``sums`` (..., channel) are normalised squared errors; returns
+    ``sqrt(sum_ranks sums / sum_ranks n) * std`` and the total count.
+    """
+    count = torch.tensor([float(n_local)], dtype=torch.float64, device=sums.device)
+    ctx.all_reduce_sum(sums)
+    ctx.all_reduce_sum(count)
+    return torch.sqrt(sums / count).cpu().numpy() * normalisation.std, int(count.item())
