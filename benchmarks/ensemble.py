@@ -25,10 +25,13 @@ ensemble is untouched.
    breeding (the naive loop breeds each pair once and runs its two members
    one after the other), model loading and writes; the stores are compared
    value by value. The full run's rate is also given per thread against the
-   naive one.
+   naive one. With ``--compile`` our generator also runs with
+   ``ensemble.compile`` and bf16 autocast: once to compile (timed and
+   reported), then timed again with inductor's cached kernels.
 
     OMP_NUM_THREADS=1 python benchmarks/ensemble.py                 # 2 ranks for the full run
     python benchmarks/ensemble.py --skip-full --pairs 2             # throughput only
+    python benchmarks/ensemble.py --skip-full --pairs 16 --compile  # + our generator compiled, bf16 autocast
     python benchmarks/ensemble.py --store runs/quickstart/ensembles/quickstart.zarr   # skill of a store, + throughput
 
 Prints tables and writes ``benchmarks/results/ensemble.json``.
@@ -161,6 +164,8 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2, help="ranks of the full run (one thread each)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per checkpoint in the throughput comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the throughput comparison")
+    parser.add_argument("--compile", action="store_true",
+                        help="our generator with ensemble.compile (and bf16 autocast, also on the CPU); the naive loop stays eager float32")
     parser.add_argument("--skip-full", action="store_true", help="no full run (skill only with --store)")
     parser.add_argument("--store", type=Path, help="skill of this finished ensemble store instead of a full run")
     parser.add_argument("--skip-throughput", action="store_true", help="no throughput comparison")
@@ -205,19 +210,32 @@ def main() -> None:
         return
 
     overrides = [f"ensemble.n_pairs={args.pairs}"]
-    ours_store, ours_s, ours_steps = ours(args.config, [*overrides, f"ensemble.name={base}-bench-ours"])
+    ours_store, ours_s, ours_steps = ours(args.config, [*overrides, "ensemble.compile=false", f"ensemble.name={base}-bench-ours"])
     naive_store, naive_s, naive_steps = naive(args.config, [*overrides, f"ensemble.name={base}-bench-naive"])
-    rates = {"naive": naive_steps / naive_s, "ours": ours_steps / ours_s}
+    seconds = {"naive": naive_s, "ours": ours_s}
+    if args.compile:  # a first run compiles (inductor caches its kernels on disk); the timed run reuses them
+        compiled = [*overrides, "ensemble.compile=true", "ensemble.bf16=true"]
+        _, first_s, _ = ours(args.config, [*compiled, f"ensemble.name={base}-bench-compile"])
+        compiled_store, seconds["ours_compiled"], _ = ours(args.config, [*compiled, f"ensemble.name={base}-bench-compiled"])
+    if naive_steps != ours_steps:
+        raise SystemExit(f"the naive loop ran {naive_steps} member-steps, our generator {ours_steps}")
+    rates = {method: ours_steps / s for method, s in seconds.items()}
     result["throughput"] = {"threads": args.threads, "members": 2 * args.pairs * len(config.ensemble.checkpoints),
-                            "member_steps": ours_steps, "seconds": {"naive": naive_s, "ours": ours_s},
-                            "member_steps_per_s": rates, "ratio": rates["ours"] / rates["naive"],
+                            "member_steps": ours_steps, "seconds": seconds, "member_steps_per_s": rates,
+                            "ratio": rates["ours"] / rates["naive"],
                             "max_abs_difference": max_difference(ours_store, naive_store), "target_ratio": 5.0}
-    table = Table(title=f"member-steps/s, same checkpoints and members ({ours_steps} member-steps), float32")
+    if args.compile:
+        result["throughput"].update({"ratio_compiled": rates["ours_compiled"] / rates["naive"], "first_compiled_run_seconds": first_s,
+                                     "max_abs_difference_compiled": max_difference(compiled_store, naive_store)})
+    table = Table(title=f"member-steps/s, same checkpoints and members ({ours_steps} member-steps)")
     for column in ("method", "threads", "seconds", "member-steps/s", "vs naive per thread"):
         table.add_column(column, justify="left" if column == "method" else "right")
-    table.add_row("naive: 1 member at a time, sync write per step", str(args.threads), f"{naive_s:.1f}", f"{rates['naive']:.1f}", "1.00x")
-    table.add_row(f"myriad generator (batch <= {config.ensemble.member_block}, async writes)", str(args.threads), f"{ours_s:.1f}",
+    table.add_row("naive: 1 member at a time, float32, sync write per step", str(args.threads), f"{naive_s:.1f}", f"{rates['naive']:.1f}", "1.00x")
+    table.add_row(f"myriad generator (batch <= {config.ensemble.member_block}, async writes), float32", str(args.threads), f"{ours_s:.1f}",
                   f"{rates['ours']:.1f}", f"{rates['ours'] / rates['naive']:.2f}x")
+    if args.compile:
+        table.add_row(f"the same, compiled, bf16 autocast (first run with compilation: {first_s:.1f} s)", str(args.threads),
+                      f"{seconds['ours_compiled']:.1f}", f"{rates['ours_compiled']:.1f}", f"{rates['ours_compiled'] / rates['naive']:.2f}x")
     if "full_run" in result:
         full = result["full_run"]["member_steps_per_s"]
         per_thread = full / (args.nproc * rates["naive"])
@@ -225,7 +243,8 @@ def main() -> None:
         table.add_row(f"myriad full run, {args.nproc} ranks x 1 thread (start-up included)", str(args.nproc),
                       f"{result['full_run']['seconds']:.1f}", f"{full:.1f}", f"{per_thread:.2f}x")
     console.print(table)
-    console.print(f"largest |ours - naive| over the stored values: {result['throughput']['max_abs_difference']:.3g}")
+    console.print(f"largest |ours - naive| over the stored values: {result['throughput']['max_abs_difference']:.3g}"
+                  + (f" (compiled bf16: {result['throughput']['max_abs_difference_compiled']:.3g})" if args.compile else ""))
     write_result(args.output, result, console)
 
 

@@ -131,6 +131,22 @@ def test_two_unit_threads_write_the_same_store_as_one(run: dict, full: tuple[Pat
         np.testing.assert_array_equal(threaded[name].values, reference[name].values, err_msg=name)
 
 
+def test_compiled_models_on_two_unit_threads_match_the_eager_store(run: dict, full: tuple[Path, EnsembleRunResult], tmp_path: Path) -> None:
+    """``ensemble.compile``: inductor graphs built lazily from two unit threads (dynamo serialises the compiles) give the eager values."""
+    path = ensemble_config(run, tmp_path / "compiled.yaml", name="compiled", init_times=INIT_TIMES[:1], compile=True, bf16=False)
+    torch.set_num_threads(2)
+    try:
+        result = generate_ensemble(load_config(path), progress=False)
+    finally:
+        torch.set_num_threads(1)
+    compiled, reference = open_store(result.store_path), open_store(full[1].store_path)
+    assert compiled["unit_complete"].values.tolist()[0] == [1, 1, 1]
+    for name in OUTPUTS:
+        expected = reference[name].isel(init_time=0).values
+        np.testing.assert_allclose(compiled[name].isel(init_time=0).values, expected, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(expected).max()), err_msg=name)
+
+
 def test_a_rerun_skips_complete_units_and_rewrites_a_partial_one(run: dict, tmp_path: Path) -> None:
     path = ensemble_config(run, tmp_path / "rerun.yaml", name="rerun", init_times=INIT_TIMES[:1])
     first = generate_ensemble(load_config(path), progress=False)

@@ -315,7 +315,8 @@ def generate_ensemble(
     """
     ctx = ctx or single_process_context()
     start = time.perf_counter()
-    cache = CheckpointCache(ctx.device, ensemble_section(config).bf16)
+    settings = ensemble_section(config)
+    cache = CheckpointCache(ctx.device, settings.bf16, settings.compile)
     inputs = prepare_inputs(config, cache)
     selected = set(select_init_times(inputs.plan, init_times))
     units = [u for u in inputs.plan.units if u.init_time in selected]
@@ -376,7 +377,8 @@ def regenerate_member(config: MyriadConfig, init_time: InitTime, member_index: i
     MyriadError
         Bad inputs, an init time not in the plan or a member index out of range.
     """
-    cache = cache or CheckpointCache(single_process_context().device, ensemble_section(config).bf16)
+    settings = ensemble_section(config)
+    cache = cache or CheckpointCache(single_process_context().device, settings.bf16, settings.compile)
     inputs = prepare_inputs(config, cache)
     plan = inputs.plan
     (t0,) = select_init_times(plan, [init_time])

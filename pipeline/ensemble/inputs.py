@@ -82,19 +82,22 @@ class CheckpointCache:
     device
         Where the models run.
     bf16
-        bf16 autocast on CUDA (the SHT stays float32 inside the model); CPU runs float32.
+        bf16 autocast on CUDA (the SHT stays float32 inside the model); on the CPU only when compiled.
+    compile
+        Compile each model's SFNO networks on load (:func:`pipeline.training.forecast.compile_networks`).
     """
 
-    def __init__(self, device: torch.device | str = "cpu", bf16: bool = True) -> None:
+    def __init__(self, device: torch.device | str = "cpu", bf16: bool = True, compile: bool = False) -> None:
         self.device = torch.device(device)
         self.bf16 = bf16
+        self.compile = compile
         self._forecasters: dict[Path, Forecaster] = {}
 
     def get(self, path: str | Path) -> Forecaster:
         """The forecaster of a checkpoint file (loaded on first use)."""
         key = Path(path).resolve()
         if key not in self._forecasters:
-            self._forecasters[key] = Forecaster.from_checkpoint(key, self.device, self.bf16)
+            self._forecasters[key] = Forecaster.from_checkpoint(key, self.device, self.bf16, self.compile)
             logger.info("loaded checkpoint %s on %s", key, self.device)
         return self._forecasters[key]
 
