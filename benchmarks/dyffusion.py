@@ -307,12 +307,13 @@ def main() -> None:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-skill", action="store_true")
     parser.add_argument("--skip-climate", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON (updated in place when it exists)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     configs = {"sfno": load_config(args.sfno_config), "dyffusion": load_config(args.dyffusion_config)}
     models = {name: Forecaster.from_checkpoint(first_checkpoint(c), bf16=False) for name, c in configs.items()}
-    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    result = json.loads(args.output.read_text()) if args.output.is_file() else {}
     result.update({"benchmark": "Spherical DYffusion vs SFNO on the quickstart planet", "threads": args.threads,
                    "device": f"cpu ({platform.machine()})", "torch": str(torch.__version__),
                    "checkpoints": {name: str(f.info.path) for name, f in models.items()},
@@ -328,10 +329,10 @@ def main() -> None:
             result["skill"] = {name: skill(c) for name, c in configs.items()}
         if not args.skip_climate:
             result["climate"] = climate(configs, models, args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print_report(result)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
