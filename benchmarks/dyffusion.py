@@ -140,7 +140,7 @@ def skill(config: MyriadConfig) -> dict:
 
 
 class ClimateSums:
-    """Running float64 sums: the time-mean zonal mean of each channel, and the global kinetic energy (total and per year)."""
+    """Running float64 sums: the time-mean zonal mean of each channel, and the global kinetic energy and global means (total and per year)."""
 
     def __init__(self, channels: tuple[str, ...], grid: Grid) -> None:
         self.channels = channels
@@ -150,11 +150,15 @@ class ClimateSums:
         self.has_wind = "u500" in channels and "v500" in channels
         self.ke_total = 0.0
         self.ke_year: list[float] = []
+        self.global_mean_year: list[list[float]] = []
         self._ke_since, self._count_since = 0.0, 0
+        self._global_since = torch.zeros(len(channels), dtype=torch.float64)
 
     def add(self, states: torch.Tensor) -> None:
         """Add ``(N, C, nlat, nlon)`` physical states (members of one time, or times of the record)."""
-        self.zonal += states.double().mean(dim=-1).sum(dim=0)
+        zonal = states.double().mean(dim=-1)
+        self.zonal += zonal.sum(dim=0)
+        self._global_since += (zonal @ self.weights).sum(dim=0)
         self.count += states.shape[0]
         self._count_since += states.shape[0]
         if self.has_wind:
@@ -168,7 +172,9 @@ class ClimateSums:
         """Record the mean kinetic energy since the last call as one year's."""
         if self._count_since:
             self.ke_year.append(self._ke_since / self._count_since)
+            self.global_mean_year.append((self._global_since / self._count_since).tolist())
         self._ke_since, self._count_since = 0.0, 0
+        self._global_since.zero_()
 
     def zonal_mean(self) -> np.ndarray:
         return (self.zonal / self.count).numpy()
@@ -217,6 +223,7 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
             "global_mean_bias": global_model - global_truth,
             "zonal_mean_rms_bias": zonal_rms,
             "zonal_mean_rms_bias_relative": zonal_rms / scale if scale > 0 else float("nan"),
+            "global_mean_per_year": [year[k] for year in model.global_mean_year],
         }
     if model.has_wind:
         table["kinetic_energy_ratio"] = model.kinetic_energy() / truth.kinetic_energy()
