@@ -18,6 +18,7 @@ import xarray as xr
 
 from models.dyffusion import DYffusion
 from pipeline.config import load_config
+from pipeline.diagnostics.run import open_inputs
 from pipeline.ensemble.generator import generate_ensemble, regenerate_member
 from pipeline.errors import MyriadError
 from pipeline.training.calibration import CALIBRATION_FILE
@@ -201,6 +202,8 @@ def test_long_runs_store_window_means_of_the_steps(run: dict, tmp_path: Path) ->
     np.testing.assert_array_equal(means["z500"].values[:, :, 0], z[:, :, 0])  # lead 0 stays the initial state
     np.testing.assert_allclose(means["z500"].values[:, :, 1], z[:, :, 1:5].mean(axis=2), rtol=1e-6, atol=1e-2)
     np.testing.assert_allclose(means["z500"].values[:, :, 2], z[:, :, 5:9].mean(axis=2), rtol=1e-6, atol=1e-2)
+    with pytest.raises(MyriadError, match="daily.zarr holds 24-hour window means .*cannot be scored"):
+        open_inputs(means_config)
 
     for window, message in ((9, "not a multiple of the model's 6 h time step"), (36, "do not divide the forecast")):
         bad = load_config(write(run, tmp_path / f"bad{window}.yaml",

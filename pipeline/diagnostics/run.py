@@ -363,7 +363,8 @@ def open_inputs(config: MyriadConfig) -> dict[str, Any]:
     Raises
     ------
     MyriadError
-        Missing or incomplete stores, channels / init / lead times not in the
+        Missing or incomplete stores, a store of window means
+        (``ensemble.time_mean_hours``), channels / init / lead times not in the
         ensemble store, valid times outside the analysis, a climate period
         without some valid time's month and hour.
     """
@@ -373,6 +374,10 @@ def open_inputs(config: MyriadConfig) -> dict[str, Any]:
     where = "diagnostics"
     path = ensemble_path(config)
     probe = open_ensemble(path)
+    window = probe.attrs.get("time_mean_hours")
+    if window:
+        raise MyriadError(f"diagnostics: {path} holds {window}-hour window means (ensemble.time_mean_hours), which cannot be "
+                          "scored against the instantaneous analysis; verify an ensemble made without time_mean_hours")
     available = channels_of(probe)
     channels = list(settings.channels or available)
     absent = [c for c in channels if c not in available]
