@@ -97,7 +97,7 @@ class EnsembleConfig(StrictModel):
     """``torch.compile`` the models' SFNO networks (inductor) before generating. Each batch
     shape compiles once per process (tens of seconds on the CPU), which pays back on long or
     large runs; on the CPU the compiled model runs under bf16 autocast when ``bf16`` is on
-    (about 2x faster than eager float32 at the quickstart size)."""
+    (1.5x eager float32's member-steps/s in the quickstart benchmark)."""
 
     @field_validator("init_times")
     @classmethod
