@@ -73,14 +73,24 @@ def _order_angles(nlon: int, mmax: int) -> torch.Tensor:
     return 2.0 * math.pi * torch.outer(torch.arange(mmax, dtype=torch.float64), torch.arange(nlon, dtype=torch.float64)) / nlon
 
 
-class SpectralAnalysis(nn.Module):
+class _PairLayoutTransform(nn.Module):
+    """What both pair-layout transforms share: the grid and truncation of a checked torch-harmonics transform."""
+
+    def __init__(self, transform: RealSHT | InverseRealSHT) -> None:
+        super().__init__()
+        _check_orders(transform)
+        self.nlat, self.nlon, self.lmax, self.mmax = transform.nlat, transform.nlon, transform.lmax, transform.mmax
+        self.dense = transform.nlon <= DENSE_DFT_MAX_NLON
+
+    def extra_repr(self) -> str:
+        return f"nlat={self.nlat}, nlon={self.nlon}, lmax={self.lmax}, mmax={self.mmax}, dense_dft={self.dense}"
+
+
+class SpectralAnalysis(_PairLayoutTransform):
     """The real SHT of ``sht``: ``(*batch, nlat, nlon)`` -> pair layout ``(mmax, 2, *batch, lmax)``, float32."""
 
     def __init__(self, sht: RealSHT) -> None:
-        super().__init__()
-        _check_orders(sht)
-        self.nlat, self.nlon, self.lmax, self.mmax = sht.nlat, sht.nlon, sht.lmax, sht.mmax
-        self.dense = sht.nlon <= DENSE_DFT_MAX_NLON
+        super().__init__(sht)
         # (m, l, k) -> (m, c, k, l): the same quadrature for both parts
         legendre = sht.weights.double().transpose(1, 2)
         self.register_buffer("legendre", legendre[:, None].expand(-1, 2, -1, -1).reshape(2 * self.mmax, self.nlat, self.lmax).float().contiguous(), persistent=False)
@@ -103,18 +113,12 @@ class SpectralAnalysis(nn.Module):
         coefficients = torch.bmm(self.fourier(x), self.legendre)  # (2m, N, l)
         return coefficients.view(self.mmax, 2, *batch, self.lmax)
 
-    def extra_repr(self) -> str:
-        return f"nlat={self.nlat}, nlon={self.nlon}, lmax={self.lmax}, mmax={self.mmax}, dense_dft={self.dense}"
 
-
-class SpectralSynthesis(nn.Module):
+class SpectralSynthesis(_PairLayoutTransform):
     """The inverse real SHT of ``isht``: pair layout ``(mmax, 2, *batch, lmax)`` -> ``(*batch, nlat, nlon)``, float32."""
 
     def __init__(self, isht: InverseRealSHT) -> None:
-        super().__init__()
-        _check_orders(isht)
-        self.nlat, self.nlon, self.lmax, self.mmax = isht.nlat, isht.nlon, isht.lmax, isht.mmax
-        self.dense = isht.nlon <= DENSE_DFT_MAX_NLON
+        super().__init__(isht)
         # (m, k, l) -> (m, c, l, k); the parts a real inverse transform drops get a zero matrix
         legendre = isht.pct.double().transpose(1, 2)[:, None] * _real_parts_kept(self.nlon, self.mmax)[:, :, None, None]
         self.register_buffer("legendre", legendre.reshape(2 * self.mmax, self.lmax, self.nlat).float().contiguous(), persistent=False)
@@ -136,9 +140,6 @@ class SpectralSynthesis(nn.Module):
         batch = coefficients.shape[2:-1]
         g = torch.bmm(coefficients.reshape(2 * self.mmax, -1, self.lmax), self.legendre)  # (2m, N, k)
         return self.fourier(g, batch)
-
-    def extra_repr(self) -> str:
-        return f"nlat={self.nlat}, nlon={self.nlon}, lmax={self.lmax}, mmax={self.mmax}, dense_dft={self.dense}"
 
 
 class BandLimit(nn.Module):
