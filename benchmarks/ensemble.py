@@ -16,18 +16,22 @@ ensemble is untouched.
    ``sqrt(mean_t <(mean_m x - y)^2>)``, spread ``sqrt(mean_t <var_m x>)``
    (``ddof=1``), and the spread-skill ratio ``spread sqrt((M+1)/M) / RMSE``;
    ``<.>`` the area-weighted mean (:func:`pipeline.grid.latitude_weights`).
-3. **Throughput**, same process, same thread count, same checkpoints and
-   members (``--pairs`` pairs per checkpoint, first init time, all lead
-   steps): our generator (members batched per work unit, background writes)
-   against the way the reference system ran (one member at a time, batch 1,
-   float32, a synchronous Zarr write after every step into one chunk per
-   member), with ``--threads`` threads each. Both include
-   breeding (the naive loop breeds each pair once and runs its two members
-   one after the other), model loading and writes; the stores are compared
-   value by value. The full run's rate is also given per thread against the
-   naive one. With ``--compile`` our generator also runs with
+3. **Throughput**, same process, same checkpoints and members (``--pairs``
+   pairs per checkpoint, first init time, all lead steps): our generator
+   (members batched per work unit, a unit per thread, background writes of
+   whole shards) against the way the reference system ran (one member at a
+   time, batch 1, float32, a synchronous Zarr write after every step into
+   one chunk per member and lead, no shards). Both include breeding (the
+   naive loop breeds each pair once and runs its two members one after the
+   other), model loading and writes; the stores are compared value by value.
+   Each thread count of ``--threads`` (default: 1, then every core) runs
+   both with that many threads: on one thread the comparison is per core; on
+   every core it is per device, the reference system's unit (one member per
+   device), where the naive loop gets the device's cores as intra-op
+   threads. The full run's rate is also given per thread against the naive
+   one on one thread. With ``--compile`` our generator also runs with
    ``ensemble.compile`` and bf16 autocast: once to compile (timed and
-   reported), then timed again with inductor's cached kernels.
+   reported), then timed at each thread count with inductor's cached kernels.
 
     OMP_NUM_THREADS=1 python benchmarks/ensemble.py                 # 2 ranks for the full run
     python benchmarks/ensemble.py --skip-full --pairs 2             # throughput only
@@ -129,7 +133,7 @@ def naive(config_path: Path, overrides: list[str]) -> tuple[Path, float, int]:
     cache = CheckpointCache("cpu", bf16=False)
     inputs = prepare_inputs(config, cache)
     store = EnsembleStore.create(inputs.store_path, inputs.plan, inputs.output_channels, inputs.grid, inputs.lead_times,
-                                 content_key=inputs.content_key)
+                                 content_key=inputs.content_key, shard_leads=1)
     members = MemberForecaster(inputs, cache)
     index = list(inputs.output_index)
     steps = 0
@@ -163,7 +167,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"))
     parser.add_argument("--nproc", type=int, default=2, help="ranks of the full run (one thread each)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per checkpoint in the throughput comparison")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the throughput comparison")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="torch threads of the throughput comparison, each compared with the naive loop on as many "
+                             "(default: 1 and every core: per core and per device)")
     parser.add_argument("--compile", action="store_true",
                         help="our generator with ensemble.compile (and bf16 autocast, also on the CPU); the naive loop stays eager float32")
     parser.add_argument("--skip-full", action="store_true", help="no full run (skill only with --store)")
@@ -173,7 +179,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(args.threads)
     console = Console()
     config = load_config(args.config)
     base = config.ensemble.name
@@ -209,43 +214,61 @@ def main() -> None:
         write_result(args.output, result, console)
         return
 
-    overrides = [f"ensemble.n_pairs={args.pairs}"]
-    ours_store, ours_s, ours_steps = ours(args.config, [*overrides, "ensemble.compile=false", f"ensemble.name={base}-bench-ours"])
-    naive_store, naive_s, naive_steps = naive(args.config, [*overrides, f"ensemble.name={base}-bench-naive"])
-    seconds = {"naive": naive_s, "ours": ours_s}
-    if args.compile:  # a first run compiles (inductor caches its kernels on disk); the timed run reuses them
-        compiled = [*overrides, "ensemble.compile=true", "ensemble.bf16=true"]
-        _, first_s, _ = ours(args.config, [*compiled, f"ensemble.name={base}-bench-compile"])
-        compiled_store, seconds["ours_compiled"], _ = ours(args.config, [*compiled, f"ensemble.name={base}-bench-compiled"])
-    if naive_steps != ours_steps:
-        raise SystemExit(f"the naive loop ran {naive_steps} member-steps, our generator {ours_steps}")
-    rates = {method: ours_steps / s for method, s in seconds.items()}
-    result["throughput"] = {"threads": args.threads, "members": 2 * args.pairs * len(config.ensemble.checkpoints),
-                            "member_steps": ours_steps, "seconds": seconds, "member_steps_per_s": rates,
-                            "ratio": rates["ours"] / rates["naive"],
-                            "max_abs_difference": max_difference(ours_store, naive_store), "target_ratio": 5.0}
-    if args.compile:
-        result["throughput"].update({"ratio_compiled": rates["ours_compiled"] / rates["naive"], "first_compiled_run_seconds": first_s,
-                                     "max_abs_difference_compiled": max_difference(compiled_store, naive_store)})
-    table = Table(title=f"member-steps/s, same checkpoints and members ({ours_steps} member-steps)")
-    for column in ("method", "threads", "seconds", "member-steps/s", "vs naive per thread"):
+    counts = list(dict.fromkeys(args.threads or [1, os.cpu_count() or 1]))
+    result["throughput"] = throughput(args.config, base, args.pairs, counts, args.compile, len(config.ensemble.checkpoints))
+    table = Table(title=f"member-steps/s, same checkpoints and members ({result['throughput']['member_steps']} member-steps); "
+                        "each method with the same threads as its naive baseline")
+    for column in ("method", "threads", "seconds", "member-steps/s", "vs naive"):
         table.add_column(column, justify="left" if column == "method" else "right")
-    table.add_row("naive: 1 member at a time, float32, sync write per step", str(args.threads), f"{naive_s:.1f}", f"{rates['naive']:.1f}", "1.00x")
-    table.add_row(f"myriad generator (batch <= {config.ensemble.member_block}, async writes), float32", str(args.threads), f"{ours_s:.1f}",
-                  f"{rates['ours']:.1f}", f"{rates['ours'] / rates['naive']:.2f}x")
-    if args.compile:
-        table.add_row(f"the same, compiled, bf16 autocast (first run with compilation: {first_s:.1f} s)", str(args.threads),
-                      f"{seconds['ours_compiled']:.1f}", f"{rates['ours_compiled']:.1f}", f"{rates['ours_compiled'] / rates['naive']:.2f}x")
+    methods = {"naive": "naive: 1 member at a time, float32, sync write per step (intra-op threads)",
+               "ours": f"myriad generator (batch <= {config.ensemble.member_block}, a unit per thread, background shard writes), float32",
+               "ours_compiled": "the same, compiled, bf16 autocast"}
+    for run in result["throughput"]["runs"]:
+        for method, rate in run["member_steps_per_s"].items():
+            table.add_row(methods[method], str(run["threads"]), f"{run['seconds'][method]:.1f}", f"{rate:.1f}",
+                          f"{rate / run['member_steps_per_s']['naive']:.2f}x")
     if "full_run" in result:
         full = result["full_run"]["member_steps_per_s"]
-        per_thread = full / (args.nproc * rates["naive"])
-        result["throughput"]["full_run_ratio_per_thread"] = per_thread
-        table.add_row(f"myriad full run, {args.nproc} ranks x 1 thread (start-up included)", str(args.nproc),
-                      f"{result['full_run']['seconds']:.1f}", f"{full:.1f}", f"{per_thread:.2f}x")
+        naive_one = next((r for r in result["throughput"]["runs"] if r["threads"] == 1), None)
+        if naive_one is not None:
+            per_thread = full / (args.nproc * naive_one["member_steps_per_s"]["naive"])
+            result["throughput"]["full_run_ratio_per_thread"] = per_thread
+            table.add_row(f"myriad full run, {args.nproc} ranks x 1 thread (start-up included), vs naive on 1 thread x {args.nproc}",
+                          str(args.nproc), f"{result['full_run']['seconds']:.1f}", f"{full:.1f}", f"{per_thread:.2f}x")
     console.print(table)
-    console.print(f"largest |ours - naive| over the stored values: {result['throughput']['max_abs_difference']:.3g}"
-                  + (f" (compiled bf16: {result['throughput']['max_abs_difference_compiled']:.3g})" if args.compile else ""))
+    if args.compile:
+        console.print(f"first compiled run (compilation included): {result['throughput']['first_compiled_run_seconds']:.1f} s")
+    for run in result["throughput"]["runs"]:
+        console.print(f"{run['threads']} thread(s): largest |ours - naive| over the stored values {run['max_abs_difference']:.3g}"
+                      + (f" (compiled bf16: {run['max_abs_difference_compiled']:.3g})" if args.compile else ""))
     write_result(args.output, result, console)
+
+
+def throughput(config_path: Path, base: str, pairs: int, thread_counts: list[int], compile: bool, n_checkpoints: int) -> dict:
+    """Naive loop vs our generator (eager, and compiled with bf16 if ``compile``) at each thread count (module docstring)."""
+    overrides = [f"ensemble.n_pairs={pairs}"]
+    compiled = [*overrides, "ensemble.compile=true", "ensemble.bf16=true"]
+    result: dict = {"members": 2 * pairs * n_checkpoints, "target_ratio": 5.0, "runs": []}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        if compile and "first_compiled_run_seconds" not in result:  # compiles; inductor caches its kernels for the timed runs
+            _, result["first_compiled_run_seconds"], _ = ours(config_path, [*compiled, f"ensemble.name={base}-bench-compile"])
+        ours_store, ours_s, steps = ours(config_path, [*overrides, "ensemble.compile=false", f"ensemble.name={base}-bench-ours"])
+        naive_store, naive_s, naive_steps = naive(config_path, [*overrides, f"ensemble.name={base}-bench-naive"])
+        if naive_steps != steps:
+            raise SystemExit(f"the naive loop ran {naive_steps} member-steps, our generator {steps}")
+        run: dict = {"threads": threads, "seconds": {"naive": naive_s, "ours": ours_s},
+                     "max_abs_difference": max_difference(ours_store, naive_store)}
+        if compile:
+            compiled_store, run["seconds"]["ours_compiled"], _ = ours(config_path, [*compiled, f"ensemble.name={base}-bench-compiled"])
+            run["max_abs_difference_compiled"] = max_difference(compiled_store, naive_store)
+        run["member_steps_per_s"] = {method: steps / s for method, s in run["seconds"].items()}
+        run["ratio"] = run["member_steps_per_s"]["ours"] / run["member_steps_per_s"]["naive"]
+        if compile:
+            run["ratio_compiled"] = run["member_steps_per_s"]["ours_compiled"] / run["member_steps_per_s"]["naive"]
+        result["member_steps"] = steps
+        result["runs"].append(run)
+    return result
 
 
 def write_result(path: Path, result: dict, console: Console) -> None:

@@ -15,7 +15,7 @@ from pipeline.data.channels import channel_attrs
 from pipeline.ensemble.config import EnsembleConfig
 from pipeline.ensemble.plan import EnsemblePlan, WorkUnit
 from pipeline.ensemble.seeds import BRED_VECTOR, member_seed
-from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore
+from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore, leads_per_shard
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
 
@@ -183,6 +183,7 @@ def test_reuse_with_another_plan_or_config_is_refused(tmp_path: Path) -> None:
         ({"grid": Grid(9, 18)}, "grid.nlon"),
         ({"lead_times": LEADS[:3]}, "lead_times_s"),
         ({"content_key": "k2"}, "content_key"),
+        ({"shard_leads": 2}, "leads_per_shard"),
     ]:
         args = {"plan": _plan(), "channels": CHANNELS, "grid": GRID, "lead_times": LEADS, "content_key": "k1", **kwargs}
         with pytest.raises(MyriadError, match=rf"different plan/config \({key}: store has"):
@@ -210,11 +211,15 @@ def test_write_refuses_non_finite_values(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ background writer
 
 
-def test_async_writer_writes_everything_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shard_leads", "files_per_unit"), [(None, 1), (3, 2), (1, 4)])
+def test_async_writer_writes_whole_shards_equal_to_per_lead_writes(tmp_path: Path, shard_leads: int | None,
+                                                                     files_per_unit: int) -> None:
+    """Shards of all 4 leads (the default at this size), of 3 (the last one holds one lead) and none: same data, fewer files."""
     plan = _plan()
-    sync_store = EnsembleStore.create(tmp_path / "sync.zarr", plan, CHANNELS, GRID, LEADS)
+    sync_store = EnsembleStore.create(tmp_path / "sync.zarr", plan, CHANNELS, GRID, LEADS, shard_leads=1)
     _run_units(sync_store)
-    store = EnsembleStore.create(tmp_path / "async.zarr", plan, CHANNELS, GRID, LEADS)
+    store = EnsembleStore.create(tmp_path / "async.zarr", plan, CHANNELS, GRID, LEADS, shard_leads=shard_leads)
+    assert store.leads_per_shard == (shard_leads or len(LEADS))
     with AsyncLeadWriter(store, max_pending=2) as writer:
         for unit in plan.units:
             for lead in range(len(LEADS)):
@@ -222,10 +227,31 @@ def test_async_writer_writes_everything_in_order(tmp_path: Path) -> None:
             writer.complete(unit)
         writer.flush()
         assert store.completed_units() == {u.key for u in plan.units}
-    xr.testing.assert_identical(
-        xr.open_zarr(tmp_path / "async.zarr", consolidated=False).drop_attrs(),
-        xr.open_zarr(tmp_path / "sync.zarr", consolidated=False).drop_attrs(),
-    )
+    stored = xr.open_zarr(tmp_path / "async.zarr", consolidated=False)
+    assert stored["z500"].encoding["chunks"] == (1, plan.member_block, 1, GRID.nlat, GRID.nlon)  # readers read one lead
+    xr.testing.assert_identical(stored.drop_attrs(), xr.open_zarr(tmp_path / "sync.zarr", consolidated=False).drop_attrs())
+    files = [f for f in (tmp_path / "async.zarr" / "z500").rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert len(files) == files_per_unit * len(plan.units)
+
+
+def test_shard_size_follows_the_byte_target() -> None:
+    big = Grid(721, 1440)  # one 8-member lead of 0.25 degrees is 33 MB: no shards
+    assert leads_per_shard(8, big, 41) == 1
+    assert leads_per_shard(8, Grid(33, 64), 41) == 41  # the quickstart: 67 kB per lead, the whole unit in one shard
+    assert leads_per_shard(2, Grid(33, 64), 3651) == 992  # ten years of daily means: 16 MiB shards, not 60 MB
+    assert leads_per_shard(8, Grid(33, 64), 41, requested=100) == 41
+
+
+def test_async_writer_refuses_leads_out_of_order(tmp_path: Path) -> None:
+    plan = _plan()
+    store = EnsembleStore.create(tmp_path / "e.zarr", plan, CHANNELS, GRID, LEADS)
+    unit = plan.units[0]
+    writer = AsyncLeadWriter(store)
+    writer.submit(unit, 0, _lead_data(unit, 0))
+    writer.submit(unit, 2, _lead_data(unit, 2))
+    with pytest.raises(RuntimeError, match="lead 2 submitted out of order"):
+        writer.close()
+    assert store.completed_units() == set()
 
 
 def test_async_writer_propagates_errors_and_marks_nothing_after_them(tmp_path: Path) -> None:

@@ -89,6 +89,10 @@ class EnsembleConfig(StrictModel):
     """Base seed of every random draw (:func:`pipeline.ensemble.seeds.member_seed`)."""
     perturbation: BredVectorConfig = Field(default_factory=BredVectorConfig)
     compression_level: int = Field(3, ge=0, le=22)
+    leads_per_shard: int | None = Field(None, ge=1)
+    """Lead times per Zarr shard, the store's smallest write and one file per channel and
+    unit (chunks stay one lead each). Default: as many as fit in 16 MiB per channel, up
+    to all leads; 1: no shards, one file per lead (:func:`pipeline.ensemble.store.leads_per_shard`)."""
     writer_queue: int = Field(2, ge=1)
     """Lead times buffered for the background writer."""
     bf16: bool = True

@@ -21,10 +21,10 @@ For each work unit (init time :math:`t_0` x member block) of the plan
    ``k`` steps, :math:`\bar x_j = \frac1k \sum_{i=1}^{k} x_{(j-1)k+i}`
    (float32, on the device), and only the window means are stored;
 4. lead 0 (the initial states) and every later lead go to the store through
-   :class:`pipeline.ensemble.store.AsyncLeadWriter`, which writes lead
-   :math:`k` on a background thread while lead :math:`k+1` computes; only
-   the output channels are kept; the unit is marked complete behind its last
-   write.
+   :class:`pipeline.ensemble.store.AsyncLeadWriter`, which gathers a shard's
+   leads and writes it on a background thread while the next leads compute;
+   only the output channels are kept; the unit is marked complete behind its
+   last write.
 
 Everything a unit's data depends on is fixed by the unit itself (its
 members, their seeds, the checkpoints and the analyses), and the batches are
@@ -255,6 +255,7 @@ def _open_store(inputs: EnsembleInputs) -> EnsembleStore:
     return EnsembleStore.create(
         inputs.store_path, inputs.plan, inputs.output_channels, inputs.grid, inputs.lead_times,
         content_key=inputs.content_key, compression_level=inputs.settings.compression_level, attrs=inputs.store_attrs,
+        shard_leads=inputs.settings.leads_per_shard,
     )
 
 
