@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/ensemble.py --skip-full --pairs 16 --compile
+	$(BIN)/python benchmarks/ensemble.py --skip-full --pairs 16 --compile --set ensemble.leads_per_shard=41
 	$(BIN)/python benchmarks/skill.py --checkpoints runs/quickstart/checkpoints/sfno/seed-0 runs/quickstart/checkpoints/sfno/seed-1
 
 clean:

@@ -24,7 +24,8 @@ ensemble is untouched.
    one chunk per member and lead, no shards). Both include breeding (the
    naive loop breeds each pair once and runs its two members one after the
    other), model loading and writes; the stores are compared value by value.
-   Each thread count of ``--threads`` (default: 1, then every core) runs
+   ``--set`` overrides apply to our generator only (the naive loop's store
+   keeps one chunk per member and lead without shards). Each thread count of ``--threads`` (default: 1, then every core) runs
    both with that many threads: on one thread the comparison is per core.
    Per device (the reference system's unit: one member per device), our
    generator on every core is compared with the naive loop at its fastest
@@ -40,6 +41,7 @@ ensemble is untouched.
     OMP_NUM_THREADS=1 python benchmarks/ensemble.py                 # 2 ranks for the full run
     python benchmarks/ensemble.py --skip-full --pairs 2             # throughput only
     python benchmarks/ensemble.py --skip-full --pairs 16 --compile  # + our generator compiled, bf16 autocast
+    python benchmarks/ensemble.py --skip-full --pairs 16 --compile --set ensemble.leads_per_shard=41   # make bench
     python benchmarks/ensemble.py --store runs/quickstart/ensembles/quickstart.zarr   # skill of a store, + throughput
 
 Prints tables and writes ``benchmarks/results/ensemble.json``.
@@ -174,6 +176,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+",
                         help="torch threads of the throughput comparison, each compared with the naive loop on as many "
                              "(default: 1 and every core: per core and per device)")
+    parser.add_argument("--set", dest="ours_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for our generator's throughput runs only (repeatable), "
+                             "e.g. ensemble.leads_per_shard=41")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method and thread count (the fastest counts)")
     parser.add_argument("--compile", action="store_true",
                         help="our generator with ensemble.compile (and bf16 autocast, also on the CPU); the naive loop stays eager float32")
@@ -221,7 +226,7 @@ def main() -> None:
 
     counts = list(dict.fromkeys(args.threads or [1, os.cpu_count() or 1]))
     result["throughput"] = throughput(args.config, base, args.pairs, counts, args.compile, len(config.ensemble.checkpoints),
-                                      args.repeats)
+                                      args.repeats, args.ours_overrides)
     table = Table(title=f"member-steps/s, same checkpoints and members ({result['throughput']['member_steps']} member-steps); "
                         "each method with the same threads as its naive baseline")
     for column in ("method", "threads", "seconds", "member-steps/s", "vs naive"):
@@ -255,7 +260,7 @@ def main() -> None:
 
 
 def throughput(config_path: Path, base: str, pairs: int, thread_counts: list[int], compile: bool, n_checkpoints: int,
-               repeats: int) -> dict:
+               repeats: int, ours_overrides: list[str]) -> dict:
     """Naive loop vs our generator (eager, and compiled with bf16 if ``compile``) at each thread count (module docstring).
 
     Each method runs ``repeats`` times, the methods taking turns, and its
@@ -263,12 +268,14 @@ def throughput(config_path: Path, base: str, pairs: int, thread_counts: list[int
     and taking turns exposes every method to the same drift.
     """
     overrides = [f"ensemble.n_pairs={pairs}"]
-    compiled = [*overrides, "ensemble.compile=true", "ensemble.bf16=true"]
+    mine = [*overrides, *ours_overrides]
+    compiled = [*mine, "ensemble.compile=true", "ensemble.bf16=true"]
     methods = {"naive": lambda: naive(config_path, [*overrides, f"ensemble.name={base}-bench-naive"]),
-               "ours": lambda: ours(config_path, [*overrides, "ensemble.compile=false", f"ensemble.name={base}-bench-ours"])}
+               "ours": lambda: ours(config_path, [*mine, "ensemble.compile=false", f"ensemble.name={base}-bench-ours"])}
     if compile:
         methods["ours_compiled"] = lambda: ours(config_path, [*compiled, f"ensemble.name={base}-bench-compiled"])
-    result: dict = {"members": 2 * pairs * n_checkpoints, "target_ratio": 5.0, "repeats": repeats, "runs": []}
+    result: dict = {"members": 2 * pairs * n_checkpoints, "target_ratio": 5.0, "repeats": repeats,
+                    "ours_overrides": ours_overrides, "runs": []}
     for threads in thread_counts:
         torch.set_num_threads(threads)
         if compile and "first_compiled_run_seconds" not in result:  # compiles; inductor caches its kernels for the timed runs

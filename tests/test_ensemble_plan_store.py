@@ -15,7 +15,7 @@ from pipeline.data.channels import channel_attrs
 from pipeline.ensemble.config import EnsembleConfig
 from pipeline.ensemble.plan import EnsemblePlan, WorkUnit
 from pipeline.ensemble.seeds import BRED_VECTOR, member_seed
-from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore, leads_per_shard
+from pipeline.ensemble.store import AsyncLeadWriter, EnsembleStore
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
 
@@ -211,15 +211,14 @@ def test_write_refuses_non_finite_values(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ background writer
 
 
-@pytest.mark.parametrize(("shard_leads", "files_per_unit"), [(None, 1), (3, 2), (1, 4)])
-def test_async_writer_writes_whole_shards_equal_to_per_lead_writes(tmp_path: Path, shard_leads: int | None,
-                                                                     files_per_unit: int) -> None:
-    """Shards of all 4 leads (the default at this size), of 3 (the last one holds one lead) and none: same data, fewer files."""
+@pytest.mark.parametrize(("shard_leads", "files_per_unit"), [(4, 1), (3, 2), (1, 4)])
+def test_async_writer_writes_whole_shards_equal_to_per_lead_writes(tmp_path: Path, shard_leads: int, files_per_unit: int) -> None:
+    """Shards of all 4 leads, of 3 (the last one holds one lead) and none: the same data, fewer files."""
     plan = _plan()
-    sync_store = EnsembleStore.create(tmp_path / "sync.zarr", plan, CHANNELS, GRID, LEADS, shard_leads=1)
+    sync_store = EnsembleStore.create(tmp_path / "sync.zarr", plan, CHANNELS, GRID, LEADS)
     _run_units(sync_store)
     store = EnsembleStore.create(tmp_path / "async.zarr", plan, CHANNELS, GRID, LEADS, shard_leads=shard_leads)
-    assert store.leads_per_shard == (shard_leads or len(LEADS))
+    assert store.leads_per_shard == shard_leads
     with AsyncLeadWriter(store, max_pending=2) as writer:
         for unit in plan.units:
             for lead in range(len(LEADS)):
@@ -232,14 +231,6 @@ def test_async_writer_writes_whole_shards_equal_to_per_lead_writes(tmp_path: Pat
     xr.testing.assert_identical(stored.drop_attrs(), xr.open_zarr(tmp_path / "sync.zarr", consolidated=False).drop_attrs())
     files = [f for f in (tmp_path / "async.zarr" / "z500").rglob("*") if f.is_file() and f.name != "zarr.json"]
     assert len(files) == files_per_unit * len(plan.units)
-
-
-def test_shard_size_follows_the_byte_target() -> None:
-    big = Grid(721, 1440)  # one 8-member lead of 0.25 degrees is 33 MB: no shards
-    assert leads_per_shard(8, big, 41) == 1
-    assert leads_per_shard(8, Grid(33, 64), 41) == 41  # the quickstart: 67 kB per lead, the whole unit in one shard
-    assert leads_per_shard(2, Grid(33, 64), 3651) == 992  # ten years of daily means: 16 MiB shards, not 60 MB
-    assert leads_per_shard(8, Grid(33, 64), 41, requested=100) == 41
 
 
 def test_async_writer_refuses_leads_out_of_order(tmp_path: Path) -> None:

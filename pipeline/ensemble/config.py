@@ -89,10 +89,11 @@ class EnsembleConfig(StrictModel):
     """Base seed of every random draw (:func:`pipeline.ensemble.seeds.member_seed`)."""
     perturbation: BredVectorConfig = Field(default_factory=BredVectorConfig)
     compression_level: int = Field(3, ge=0, le=22)
-    leads_per_shard: int | None = Field(None, ge=1)
-    """Lead times per Zarr shard, the store's smallest write and one file per channel and
-    unit (chunks stay one lead each). Default: as many as fit in 16 MiB per channel, up
-    to all leads; 1: no shards, one file per lead (:func:`pipeline.ensemble.store.leads_per_shard`)."""
+    leads_per_shard: int = Field(1, ge=1)
+    """Lead times per Zarr shard (one file per channel and unit for this many leads; chunks
+    stay one lead each). 1: no shards. Shards cut file counts and write cost (the quickstart
+    benchmark's generator is about 1.5x faster with 41) but slow the diagnostics' partial
+    reads (2x at the quickstart size)."""
     writer_queue: int = Field(2, ge=1)
     """Lead times buffered for the background writer."""
     bf16: bool = True
@@ -101,7 +102,7 @@ class EnsembleConfig(StrictModel):
     """``torch.compile`` the models' SFNO networks (inductor) before generating. Each batch
     shape compiles once per process (tens of seconds on the CPU), which pays back on long or
     large runs; on the CPU the compiled model runs under bf16 autocast when ``bf16`` is on
-    (1.5x eager float32's member-steps/s in the quickstart benchmark)."""
+    (1.2-2.2x eager float32's member-steps/s in the quickstart benchmark)."""
 
     @field_validator("init_times")
     @classmethod

@@ -4,15 +4,16 @@ Layout (DESIGN.md section 3): Zarr format 3 (read with ``xr.open_zarr``),
 Blosc-zstd, one float32 variable per output channel with dims
 ``(init_time, member, lead_time, latitude, longitude)`` and chunks
 ``(1, member_block, 1, nlat, nlon)``: one chunk per work unit, lead time and
-channel, so a reader of one lead reads only that lead. Chunks are grouped
-into shards ``(1, member_block, L, nlat, nlon)`` of ``L`` consecutive leads
-(:func:`leads_per_shard`; no shards when ``L = 1``): a shard is one file and
-the smallest write, so writers of different units never share a shard, a
-unit of ``n`` leads makes ``ceil(n / L)`` files per channel instead of ``n``,
-and the background writer gathers ``L`` leads before it writes (a shard
-written whole needs no read, and one write of ``L`` chunks costs a fraction
-of ``L`` single-chunk writes: measured 0.5 against 1.3-1.7 ms per lead and
-channel at the quickstart's 67 kB chunks). Coordinates:
+channel, so a reader of one lead reads only that lead. With
+``leads_per_shard = L > 1`` the chunks are grouped into shards
+``(1, member_block, L, nlat, nlon)`` of ``L`` consecutive leads: a shard is
+one file and the smallest write, so writers of different units never share
+a shard, and a unit of ``n`` leads makes ``ceil(n / L)`` files per channel
+instead of ``n``. The background writer then gathers ``L`` leads and writes
+the shard whole (no read). Measured at the quickstart size (67 kB chunks,
+41 leads): writing cost 0.5 instead of 1.3-1.7 ms per lead and channel, but
+the diagnostics stage's partial reads took 2x longer (80 s instead of 40 s of
+compute), so shards are off by default. Coordinates:
 
 - ``init_time`` (datetime64), ``member`` (int), ``lead_time`` (timedelta64,
   0 = the initial state; with ``ensemble.time_mean_hours`` each later lead
@@ -75,24 +76,6 @@ BLOCK_DIM = "member_block"
 DIMS = ("init_time", "member", "lead_time", "latitude", "longitude")
 LAYOUT_ATTR = "myriad_layout"
 """Global attribute (JSON) holding the store's identity, compared on reuse."""
-SHARD_TARGET_BYTES = 16 * 2**20
-"""Uncompressed bytes per shard that :func:`leads_per_shard` aims at by default."""
-
-
-def leads_per_shard(member_block: int, grid: Grid, n_leads: int, requested: int | None = None) -> int:
-    """Lead times per shard: ``requested``, or as many one-lead chunks as fit in :data:`SHARD_TARGET_BYTES`.
-
-    ``L = min(n_leads, max(1, floor(B / (m * nlat * nlon * 4))))`` for member
-    block ``m`` and target ``B``; a requested value is capped at ``n_leads``.
-    The writer holds up to ``L`` leads of a unit in memory, so ``L`` is
-    bounded by bytes, not only by the lead count (a long run of daily means
-    must not buffer years of output).
-    """
-    if requested is not None:
-        return min(requested, n_leads)
-    chunk_bytes = member_block * grid.nlat * grid.nlon * np.dtype(np.float32).itemsize
-    return min(n_leads, max(1, SHARD_TARGET_BYTES // chunk_bytes))
-
 
 def _lead_times_ns(lead_times: Sequence[timedelta] | np.ndarray) -> np.ndarray:
     values = np.asarray(lead_times)
@@ -138,7 +121,7 @@ class EnsembleStore:
         content_key: str = "",
         compression_level: int = 3,
         attrs: Mapping[str, Any] | None = None,
-        shard_leads: int | None = None,
+        shard_leads: int = 1,
     ) -> "EnsembleStore":
         """Create the store's template, or reopen it if it has the same identity.
 
@@ -162,8 +145,8 @@ class EnsembleStore:
         attrs
             Extra global attributes (not part of the identity).
         shard_leads
-            Lead times per shard (:func:`leads_per_shard`; default from the
-            shard size target; 1: no shards). Part of the identity.
+            Lead times per shard (capped at the lead count); 1: no shards.
+            Part of the identity when > 1.
 
         Raises
         ------
@@ -173,15 +156,15 @@ class EnsembleStore:
         path = Path(path)
         channels = tuple(channels)
         leads = _lead_times_ns(lead_times)
-        shard = leads_per_shard(plan.member_block, grid, len(leads), shard_leads)
+        shard = min(shard_leads, len(leads))
         identity = {
-            "format": 2,
+            "format": 1,
             "plan": plan.describe(),
             "channels": list(channels),
             "grid": {"nlat": grid.nlat, "nlon": grid.nlon},
             "lead_times_s": [int(t // np.timedelta64(1, "s")) for t in leads],
             "content_key": content_key,
-            "leads_per_shard": shard,
+            **({"leads_per_shard": shard} if shard > 1 else {}),  # stores without shards keep the identity they had
         }
         if not path.exists():
             template = _template(plan, channels, grid, leads, identity, compression_level, attrs or {})
@@ -368,7 +351,7 @@ class AsyncLeadWriter:
     ``max_pending`` writes are queued (back-pressure bounds memory). The
     thread gathers each unit's leads, which must come in order from lead 0,
     until they fill a shard (:attr:`EnsembleStore.leads_per_shard` leads, or
-    up to the last lead) and writes the shard whole
+    up to the last lead; one lead without shards) and writes the shard whole
     (:meth:`EnsembleStore.write_leads`); so at most one shard of leads per
     unit in flight waits in memory. :meth:`complete` queues ``mark_complete``
     behind the unit's writes, so a unit is marked only after its data is on
@@ -396,7 +379,8 @@ class AsyncLeadWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        gathered: dict[tuple[int, int], tuple[int, list[np.ndarray]]] = {}  # per unit: its open shard's first lead, leads
+        gathered: dict[tuple[int, int], list[np.ndarray]] = {}  # per unit: the leads of its open shard, from the last write on
+        submitted: dict[tuple[int, int], int] = {}  # per unit: leads submitted so far
         while True:
             item = self._queue.get()
             try:
@@ -405,10 +389,9 @@ class AsyncLeadWriter:
                 if self._error is None:
                     kind, unit, lead_index, data = item
                     if kind == "write":
-                        self._gather(gathered, unit, lead_index, data)  # type: ignore[arg-type]
-                    elif unit.key in gathered:
-                        first, leads = gathered[unit.key]
-                        raise RuntimeError(f"{unit} marked complete before its leads from {first + len(leads)} were submitted")
+                        self._gather(gathered, submitted, unit, lead_index, data)  # type: ignore[arg-type]
+                    elif submitted.pop(unit.key, 0) != self.store.n_leads:
+                        raise RuntimeError(f"{unit} marked complete before all {self.store.n_leads} leads were submitted")
                     else:
                         self.store.mark_complete(unit)
             except BaseException as exc:  # handed to the caller's thread
@@ -416,18 +399,18 @@ class AsyncLeadWriter:
             finally:
                 self._queue.task_done()
 
-    def _gather(self, gathered: dict[tuple[int, int], tuple[int, list[np.ndarray]]], unit: WorkUnit, lead_index: int,
-                data: np.ndarray) -> None:
+    def _gather(self, gathered: dict[tuple[int, int], list[np.ndarray]], submitted: dict[tuple[int, int], int], unit: WorkUnit,
+                lead_index: int, data: np.ndarray) -> None:
         """Add one lead to the unit's open shard; write the shard once it is full or holds the last lead."""
-        first, leads = gathered.get(unit.key, (lead_index, []))
-        if lead_index != first + len(leads) or first % self.store.leads_per_shard:
+        if lead_index != submitted.get(unit.key, 0):
             raise RuntimeError(f"{unit}: lead {lead_index} submitted out of order (the writer takes leads 0, 1, 2, ...)")
         self.store.check_leads(unit, lead_index, data[:, None])  # a bad lead fails now, not when its shard is full
+        submitted[unit.key] = lead_index + 1
+        leads = gathered.setdefault(unit.key, [])
         leads.append(data)
-        gathered[unit.key] = (first, leads)
         if len(leads) == self.store.leads_per_shard or lead_index == self.store.n_leads - 1:
             del gathered[unit.key]
-            self.store.write_leads(unit, first, np.stack(leads, axis=1))
+            self.store.write_leads(unit, lead_index + 1 - len(leads), np.stack(leads, axis=1))
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
