@@ -77,6 +77,7 @@ DIMS = ("init_time", "member", "lead_time", "latitude", "longitude")
 LAYOUT_ATTR = "myriad_layout"
 """Global attribute (JSON) holding the store's identity, compared on reuse."""
 
+
 def _lead_times_ns(lead_times: Sequence[timedelta] | np.ndarray) -> np.ndarray:
     values = np.asarray(lead_times)
     if values.dtype.kind != "m":
