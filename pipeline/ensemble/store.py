@@ -206,6 +206,10 @@ class EnsembleStore:
             ``data`` holds NaN or infinity (a blown-up member must not be stored).
         """
         self.check_leads(unit, first_lead, data)
+        self._write_checked(unit, first_lead, data)
+
+    def _write_checked(self, unit: WorkUnit, first_lead: int, data: np.ndarray) -> None:
+        """:meth:`write_leads` for ``data`` that passed :meth:`check_leads`."""
         region = (unit.init_index, slice(unit.member_start, unit.member_stop), slice(first_lead, first_lead + data.shape[1]))
         for c, array in enumerate(self._arrays):
             array[region] = data[:, :, c]
@@ -353,7 +357,7 @@ class AsyncLeadWriter:
     thread gathers each unit's leads, which must come in order from lead 0,
     until they fill a shard (:attr:`EnsembleStore.leads_per_shard` leads, or
     up to the last lead; one lead without shards) and writes the shard whole
-    (:meth:`EnsembleStore.write_leads`); so at most one shard of leads per
+    (as :meth:`EnsembleStore.write_leads`, each lead checked on arrival); so at most one shard of leads per
     unit in flight waits in memory. :meth:`complete` queues ``mark_complete``
     behind the unit's writes, so a unit is marked only after its data is on
     disk. The first exception of the thread stops all further writing and
@@ -411,7 +415,7 @@ class AsyncLeadWriter:
         leads.append(data)
         if len(leads) == self.store.leads_per_shard or lead_index == self.store.n_leads - 1:
             del gathered[unit.key]
-            self.store.write_leads(unit, lead_index + 1 - len(leads), np.stack(leads, axis=1))
+            self.store._write_checked(unit, lead_index + 1 - len(leads), np.stack(leads, axis=1))  # each lead checked above
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
