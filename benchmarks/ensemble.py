@@ -18,15 +18,16 @@ ensemble is untouched.
    ``<.>`` the area-weighted mean (:func:`pipeline.grid.latitude_weights`).
 3. **Throughput**, same process, same checkpoints and members (``--pairs``
    pairs per checkpoint, first init time, all lead steps): our generator
-   (members batched per work unit, a unit per thread, background writes of
-   whole shards) against the way the reference system ran (one member at a
+   (members batched per work unit, a unit per thread, background writes,
+   whole shards with ``--set ensemble.leads_per_shard=L``) against the way the reference system ran (one member at a
    time, batch 1, float32, a synchronous Zarr write after every step into
    one chunk per member and lead, no shards). Both include breeding (the
    naive loop breeds each pair once and runs its two members one after the
    other), model loading and writes; the stores are compared value by value.
    ``--set`` overrides apply to our generator only (the naive loop's store
-   keeps one chunk per member and lead without shards). Each thread count of ``--threads`` (default: 1, then every core) runs
-   both with that many threads: on one thread the comparison is per core.
+   keeps one chunk per member and lead without shards). Each thread count
+   of ``--threads`` (default: 1, then every core) runs both with that many
+   threads: on one thread the comparison is per core.
    Per device (the reference system's unit: one member per device), our
    generator on every core is compared with the naive loop at its fastest
    thread count (:func:`per_device`; intra-op threads can slow a batch of
@@ -232,7 +233,8 @@ def main() -> None:
     for column in ("method", "threads", "seconds", "member-steps/s", "vs naive"):
         table.add_column(column, justify="left" if column == "method" else "right")
     methods = {"naive": "naive: 1 member at a time, float32, sync write per step (intra-op threads)",
-               "ours": f"myriad generator (batch <= {config.ensemble.member_block}, a unit per thread, background shard writes), float32",
+               "ours": f"myriad generator (batch <= {config.ensemble.member_block}, a unit per thread, background writes"
+                       f"{', ' + ' '.join(args.ours_overrides) if args.ours_overrides else ''}), float32",
                "ours_compiled": "the same, compiled, bf16 autocast"}
     for run in result["throughput"]["runs"]:
         for method, rate in run["member_steps_per_s"].items():
