@@ -75,13 +75,13 @@ def generators(n: int, seed: int) -> list[torch.Generator]:
 # ---------------------------------------------------------------------- 1. cost
 
 
-def count_passes(forecaster: Forecaster, x: torch.Tensor, n_steps: int) -> float:
-    """Forward passes of SFNO networks per emitted step over an ``n_steps`` rollout."""
+def count_passes(forecaster: Forecaster, x: torch.Tensor, n_steps: int, time: np.datetime64) -> float:
+    """Forward passes of SFNO networks per emitted step over an ``n_steps`` rollout from ``x`` valid at ``time``."""
     calls = [0]
     hooks = [m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
              for m in forecaster.model.modules() if isinstance(m, SFNO)]
     try:
-        for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 0)):
+        for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 0), time):
             pass
     finally:
         for hook in hooks:
@@ -89,21 +89,21 @@ def count_passes(forecaster: Forecaster, x: torch.Tensor, n_steps: int) -> float
     return calls[0] / n_steps
 
 
-def member_steps_per_second(forecaster: Forecaster, x: torch.Tensor, n_steps: int) -> float:
+def member_steps_per_second(forecaster: Forecaster, x: torch.Tensor, n_steps: int, valid: np.datetime64) -> float:
     start = time.perf_counter()
-    for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 1)):
+    for _ in forecaster.rollout_normalised(x, n_steps, generators(x.shape[0], 1), valid):
         pass
     return x.shape[0] * n_steps / (time.perf_counter() - start)
 
 
-def cost(models: dict[str, Forecaster], x0: torch.Tensor, args: argparse.Namespace) -> dict:
+def cost(models: dict[str, Forecaster], x0: torch.Tensor, valid: np.datetime64, args: argparse.Namespace) -> dict:
     x = x0.expand(args.batch, -1, -1, -1).contiguous()
-    passes = {name: count_passes(f, x[:1], args.cost_steps) for name, f in models.items()}
+    passes = {name: count_passes(f, x[:1], args.cost_steps, valid) for name, f in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(args.repeats):
         order = list(models) if repeat % 2 == 0 else list(reversed(models))
         for name in order:
-            rates[name].append(member_steps_per_second(models[name], x, args.cost_steps))
+            rates[name].append(member_steps_per_second(models[name], x, args.cost_steps, valid))
     median = {name: float(np.median(r)) for name, r in rates.items()}
     return {
         "steps": args.cost_steps,
@@ -192,12 +192,13 @@ def analysis_climate(config: MyriadConfig, channels: tuple[str, ...], grid: Grid
     return sums
 
 
-def climate_run(forecaster: Forecaster, x0: torch.Tensor, members: int, n_steps: int, steps_per_year: int,
-                channels: tuple[str, ...], grid: Grid, on_year: Callable[[int, float], None]) -> tuple[ClimateSums, bool, int]:
+def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, members: int, n_steps: int,
+                steps_per_year: int, channels: tuple[str, ...], grid: Grid,
+                on_year: Callable[[int, float], None]) -> tuple[ClimateSums, bool, int]:
     sums = ClimateSums(channels, grid)
     x = x0.expand(members, -1, -1, -1).contiguous()
     finite, done = True, 0
-    for state in forecaster.rollout(x, n_steps, generators(members, 7)):
+    for state in forecaster.rollout(x, n_steps, generators(members, 7), time=valid):
         done += 1
         if not torch.isfinite(state).all():
             finite = False
@@ -262,7 +263,7 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
                  "planet_kinetic_energy": truth.kinetic_energy()}
     for name in args.climate_models:
         clock = time.perf_counter()
-        sums, finite, done = climate_run(models[name], x0, args.members, n_steps, steps_per_year, channels, grid,
+        sums, finite, done = climate_run(models[name], x0, start, args.members, n_steps, steps_per_year, channels, grid,
                                          lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke))
         out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
                      **bias_table(sums, truth, grid)}
@@ -331,7 +332,7 @@ def main() -> None:
             info = models["dyffusion"].info
             x0 = np.stack([analysis[c].isel(time=-1).values for c in info.channels]).astype(np.float32)
             z0 = info.normalisation.normalise(torch.from_numpy(x0)[None])
-            result["cost"] = cost(models, z0, args)
+            result["cost"] = cost(models, z0, analysis["time"].values[-1], args)
         if not args.skip_skill:
             result["skill"] = {name: skill(c) for name, c in configs.items()}
         if not args.skip_climate:

@@ -155,8 +155,9 @@ def naive(config_path: Path, overrides: list[str]) -> tuple[Path, float, int]:
                 unit = plan.unit(0, member.index)
                 state = initial[row : row + 1]
                 store.write_lead(unit, 0, state[:, index].numpy())
+                step = np.timedelta64(int(forecaster.step_hours * 3600), "s")
                 for lead in range(1, inputs.n_steps + 1):
-                    state = forecaster.step(state)
+                    state = forecaster.step(state, time=unit.init_time + (lead - 1) * step)
                     store.write_lead(unit, lead, state[:, index].numpy())
                     steps += 1
                 store.mark_complete(unit)

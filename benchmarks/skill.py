@@ -75,7 +75,7 @@ def stability(forecaster: Forecaster, frames, days: int, n_inits: int, step_hour
         return normalised_energy(z, grid)
 
     model_energy, truth_energy, finite = [], [], True
-    for k, z in enumerate(forecaster.rollout_normalised(frames.read(starts), n_steps), start=1):
+    for k, z in enumerate(forecaster.rollout_normalised(frames.read(starts), n_steps, time=frames.seconds(starts)), start=1):
         finite = finite and bool(torch.isfinite(z).all())
         model_energy.append(energy(z))
         truth_energy.append(energy(frames.read(starts + k)))

@@ -35,6 +35,11 @@ from :math:`x_h`. A chain costs :math:`h` forecaster and :math:`2(h-1)`
 interpolator passes, :math:`(3h - 2) / h` network passes per emitted step
 (:attr:`ColdSampler.passes_per_step`).
 
+**Valid time.** Networks built with forcings (:mod:`models.forcings`) take
+the chain's start time :math:`t` as ``time`` in every call of the chain (the
+time step :math:`i` tells them how far into the chain they are); a rollout
+advances it by :math:`h` steps from chain to chain.
+
 For forecasts, :class:`DYffusion` holds both trained networks: its
 ``forward`` is one emitted step (the first of a chain) and :meth:`DYffusion.rollout`
 chains the sampler. In eval mode its interpolator's dropout is off
@@ -56,10 +61,10 @@ from torch import nn
 
 from models.sfno import SFNO
 
-Interpolate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``I(x_t, x_end, i)`` with ``i`` of shape ``(B,)`` (fraction of the horizon)."""
-Forecast = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``F(x_s, i)`` with ``i`` of shape ``(B,)`` (fraction of the horizon)."""
+Interpolate = Callable[..., torch.Tensor]
+"""``I(x_t, x_end, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
+Forecast = Callable[..., torch.Tensor]
+"""``F(x_s, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
 
 DEFAULT_TIME_SCALE = 100.0
 
@@ -147,7 +152,7 @@ class DYffusionInterpolator(_ConditionedSFNO):
         super().__init__(2 * in_channels, in_channels, out_channels, horizon, time_scale,
                          {"nlat": nlat, "nlon": nlon, "drop_rate": drop_rate, **sfno_kwargs})
 
-    def forward(self, x_start: torch.Tensor, x_end: torch.Tensor, i: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x_start: torch.Tensor, x_end: torch.Tensor, i: torch.Tensor | float, time: object = None) -> torch.Tensor:
         """Estimate the state at fraction ``i`` of the way from ``x_start`` to ``x_end``.
 
         Parameters
@@ -156,10 +161,12 @@ class DYffusionInterpolator(_ConditionedSFNO):
             States at ``t`` and ``t + h``, shape ``(B, C, nlat, nlon)``.
         i
             Fraction of the horizon, shape ``(B,)`` or a number.
+        time
+            The chain's start time ``t`` (for the SFNO's forcings; see :class:`models.sfno.SFNO`).
         """
         if x_start.shape != x_end.shape:
             raise ValueError(f"end states differ in shape: {tuple(x_start.shape)} vs {tuple(x_end.shape)}")
-        return self.net(torch.cat([x_start, x_end], dim=1), self._cond(i, x_start))
+        return self.net(torch.cat([x_start, x_end], dim=1), self._cond(i, x_start), time)
 
 
 class DYffusionForecaster(_ConditionedSFNO):
@@ -174,9 +181,12 @@ class DYffusionForecaster(_ConditionedSFNO):
         super().__init__(in_channels, in_channels, out_channels, horizon, time_scale,
                          {"nlat": nlat, "nlon": nlon, "drop_rate": drop_rate, **sfno_kwargs})
 
-    def forward(self, x: torch.Tensor, i: torch.Tensor | float) -> torch.Tensor:
-        """Predict the state at the end of the chain from the state ``x`` reached at fraction ``i``."""
-        return self.net(x, self._cond(i, x))
+    def forward(self, x: torch.Tensor, i: torch.Tensor | float, time: object = None) -> torch.Tensor:
+        """Predict the state at the end of the chain from the state ``x`` reached at fraction ``i``.
+
+        ``time`` is the chain's start time ``t`` (for the SFNO's forcings).
+        """
+        return self.net(x, self._cond(i, x), time)
 
 
 class ColdSampler:
@@ -225,11 +235,15 @@ class ColdSampler:
         h = self.horizon
         return (h + 2 * (h - 1)) / h
 
-    def chain(self, x_start: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield ``x_1, ..., x_h`` of one chain started at ``x_start`` (shape ``(B, C, nlat, nlon)``)."""
-        yield from self._chain(x_start, self.horizon)
+    def chain(self, x_start: torch.Tensor, time: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Yield ``x_1, ..., x_h`` of one chain started at ``x_start`` (shape ``(B, C, nlat, nlon)``).
 
-    def _chain(self, x_start: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+        ``time``: the valid time of ``x_start`` in POSIX seconds (shape ``(B,)``),
+        passed to both networks (their forcings), or None.
+        """
+        yield from self._chain(x_start, self.horizon, time)
+
+    def _chain(self, x_start: torch.Tensor, n_steps: int, time: torch.Tensor | None) -> Iterator[torch.Tensor]:
         h = self.horizon
         batch = x_start.shape[0]
 
@@ -238,27 +252,34 @@ class ColdSampler:
 
         x = x_start
         for s in range(n_steps):
-            forecast = self.forecaster(x, fraction(s))
-            there = forecast if s + 1 == h else self.interpolator(x_start, forecast, fraction(s + 1))
+            forecast = self.forecaster(x, fraction(s), time=time)
+            there = forecast if s + 1 == h else self.interpolator(x_start, forecast, fraction(s + 1), time=time)
             # s = 0: x_0 = x_t = I(x_t, ., 0), so x_1 is `there` itself (exactly F(x_t, 0) when h = 1)
-            x = there if s == 0 else x + there - self.interpolator(x_start, forecast, fraction(s))
+            x = there if s == 0 else x + there - self.interpolator(x_start, forecast, fraction(s), time=time)
             yield x
 
-    def rollout(self, x0: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+    def rollout(self, x0: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
+                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
         """Yield ``n_steps`` successive states from ``x0``, chaining ``h``-step chains.
 
         Each chain starts from the last state of the previous one (the state
         at ``t + h``); the last chain stops after the steps still wanted.
+        ``time`` (POSIX seconds of ``x0``, shape ``(B,)``) advances by ``h *
+        step_seconds`` from chain to chain.
         """
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        if time is not None and step_seconds is None:
+            raise ValueError("a rollout with valid times needs step_seconds (the model's time step)")
         start = x0
         remaining = n_steps
         while remaining > 0:
-            for state in self._chain(start, min(self.horizon, remaining)):
+            for state in self._chain(start, min(self.horizon, remaining), time):
                 remaining -= 1
                 yield state
             start = state
+            if time is not None:
+                time = time + self.horizon * step_seconds
 
 
 class DYffusion(nn.Module):
@@ -293,10 +314,11 @@ class DYffusion(nn.Module):
         """Network passes per emitted step, :math:`(3h - 2) / h`."""
         return self.sampler.passes_per_step
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The first emitted step of a chain started at ``x``."""
-        return next(self.sampler.chain(x))
+    def forward(self, x: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
+        """The first emitted step of a chain started at ``x`` (valid at ``time``, POSIX seconds)."""
+        return next(self.sampler.chain(x, time))
 
-    def rollout(self, x: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+    def rollout(self, x: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
+                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
         """``n_steps`` emitted states from ``x`` (see :meth:`ColdSampler.rollout`)."""
-        return self.sampler.rollout(x, n_steps)
+        return self.sampler.rollout(x, n_steps, time, step_seconds)

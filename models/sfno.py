@@ -5,8 +5,8 @@ included, latitude descending, longitude from 0) to the state one step later:
 
 .. math::
 
-    h_0 &= E\,[x;\ s;\ \phi] \qquad
-        \text{(1x1 encoder over state, static fields, position features)} \\
+    h_0 &= E\,[x;\ s;\ \phi;\ f(t)] \qquad
+        \text{(1x1 encoder over state, static fields, position features, forcings)} \\
     h_{k+1} &= \tilde h_k + \mathrm{MLP}_k\big(\mathrm{FiLM}_k(N_k(\mathcal K_k h_k), c)\big) \\
     x_{t+1} &= x_t + \sigma \odot P_L D\,h_L \qquad \text{(residual prediction; } D \text{ a 1x1 decoder)}
 
@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_harmonics import InverseRealSHT, RealSHT
 
+from models.forcings import check_forcings, forcing_fields, n_forcing_channels, posix_seconds
 from models.spectral import BandLimit, SpectralAnalysis, SpectralSynthesis
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -298,6 +299,10 @@ class SFNO(nn.Module):
         :meth:`set_static_fields`) and appended to every input.
     lat_lon_features
         Append sin/cos of latitude and longitude as four input channels.
+    forcings
+        Known forcings of the input's valid time appended as input channels
+        (:mod:`models.forcings`: ``year_progress``, ``day_progress``); a model
+        with forcings needs ``time`` in every call.
     embed_dim, num_layers, mlp_ratio
         Width, number of blocks, MLP expansion.
     scale_factor
@@ -348,6 +353,7 @@ class SFNO(nn.Module):
         conditioning: bool = False,
         cond_embed_dim: int = 64,
         bandlimit_output: bool = True,
+        forcings: Sequence[str] = (),
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -363,6 +369,7 @@ class SFNO(nn.Module):
         self.residual = residual
         self.conditioning = conditioning
         self.bandlimit_output = bandlimit_output
+        self.forcings = check_forcings(forcings)
         act = _ACTIVATIONS[activation]
 
         self.register_buffer("static_fields", torch.zeros(n_static, nlat, nlon))
@@ -372,7 +379,7 @@ class SFNO(nn.Module):
             _position_features(nlat, nlon) if lat_lon_features else torch.zeros(0, nlat, nlon),
             persistent=False,
         )
-        n_inputs = in_channels + n_static + self.position_features.shape[0]
+        n_inputs = in_channels + n_static + self.position_features.shape[0] + n_forcing_channels(self.forcings)
         self.encoder = nn.Conv2d(n_inputs, embed_dim, 1)
 
         inner_nlat = (nlat - 1) // scale_factor + 1
@@ -436,7 +443,7 @@ class SFNO(nn.Module):
             if isinstance(module, MCDropout):
                 module.always_on = enabled
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, time: object = None) -> torch.Tensor:
         """Predict the next state.
 
         Parameters
@@ -445,6 +452,10 @@ class SFNO(nn.Module):
             State, shape ``(B, in_channels, nlat, nlon)`` (normalised units).
         cond
             Per-sample scalar, shape ``(B,)``; required iff the model is conditioned.
+        time
+            Valid time of ``x`` (one, or one per row; see
+            :func:`models.forcings.posix_seconds`); required iff the model
+            has forcings, ignored otherwise.
 
         Returns
         -------
@@ -456,7 +467,13 @@ class SFNO(nn.Module):
             raise ValueError("cond is required by a conditioned SFNO and refused by an unconditioned one")
         batch = x.shape[0]
         fixed = torch.cat([self.static_fields, self.position_features]).to(x.dtype)
-        h = self.encoder(torch.cat([x, fixed.expand(batch, -1, -1, -1)], dim=1))
+        inputs = [x, fixed.expand(batch, -1, -1, -1)]
+        if self.forcings:
+            if time is None:
+                raise ValueError(f"this model takes the forcings {list(self.forcings)}: pass the valid time of its input")
+            seconds = posix_seconds(time, batch).to(x.device)
+            inputs.append(forcing_fields(self.forcings, seconds, self.nlat, self.nlon).to(x.dtype))
+        h = self.encoder(torch.cat(inputs, dim=1))
         c = self.cond_embedding(cond) if self.cond_embedding is not None else None
         for block in self.blocks:
             h = block(h, c)

@@ -39,7 +39,9 @@ def planet_run(root: Path) -> dict[str, Any]:
         "time": {"start": "2000-01-01T00:00", "end": "2000-01-12T18:00", "step_hours": 6},
         "ingest": {"block_size": 16, "chunk_time": 4},
         "dask": {"cluster": "threads", "n_workers": 1},
-        "model": {"name": "tiny", "embed_dim": 16, "num_layers": 2, "scale_factor": 1},
+        # forcings: every ensemble test also checks that breeding and rollouts pass valid times
+        "model": {"name": "tiny", "embed_dim": 16, "num_layers": 2, "scale_factor": 1,
+                  "forcings": ["year_progress", "day_progress"]},
         "training": {
             "seeds": list(SEEDS),
             "batch_size": 4,

@@ -44,14 +44,16 @@ TINY = {"embed_dim": 8, "num_layers": 2, "scale_factor": 1, "mlp_ratio": 1.0}
 
 
 class RecordingForecaster:
-    """F(x, i) = x + a + b i (per sample), recording its calls."""
+    """F(x, i) = x + a + b i (per sample), recording its calls and the valid times it gets."""
 
     def __init__(self, a: float = 1.0, b: float = 0.5) -> None:
         self.a, self.b = a, b
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.times: list[torch.Tensor | None] = []
 
-    def __call__(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, i: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append((x.clone(), i.clone()))
+        self.times.append(time)
         return x + self.a + self.b * i[:, None, None, None]
 
 
@@ -61,9 +63,11 @@ class BlendInterpolator:
     def __init__(self, c: float = 0.25) -> None:
         self.c = c
         self.calls: list[float] = []
+        self.times: list[torch.Tensor | None] = []
 
-    def __call__(self, x0: torch.Tensor, x1: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x0: torch.Tensor, x1: torch.Tensor, i: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append(float(i[0]))
+        self.times.append(time)
         w = i[:, None, None, None]
         return (1 - w) * x0 + w * x1 + self.c * w * (1 - w)
 
@@ -158,6 +162,15 @@ def test_rollout_restarts_chains_from_the_state_at_t_plus_h() -> None:
     torch.testing.assert_close(F.calls[3][0], states[2])
     torch.testing.assert_close(F.calls[6][0], states[5])
     assert list(sampler.rollout(x0, 0)) == []
+    # valid times: both networks of a chain get the chain's start time, advancing h steps per chain
+    F, I = RecordingForecaster(), BlendInterpolator()
+    t0 = torch.full((x0.shape[0],), 1.0e9, dtype=torch.float64)
+    timed = list(ColdSampler(I, F, horizon=h).rollout(x0, n, time=t0, step_seconds=3600.0))
+    assert [float(t[0] - 1.0e9) / 3600 for t in F.times] == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert {float(t[0] - 1.0e9) / 3600 for t in I.times} == {0, 3, 6}
+    torch.testing.assert_close(torch.stack(timed), torch.stack(states))
+    with pytest.raises(ValueError, match="step_seconds"):
+        next(ColdSampler(I, F, horizon=h).rollout(x0, n, time=t0))
 
 
 class DropoutBlend(nn.Module):
@@ -167,14 +180,14 @@ class DropoutBlend(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(0.5)
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, i: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
         w = i[:, None, None, None]
         return x0 + self.dropout(w * (x1 - x0))
 
 
 def test_dropout_off_is_deterministic_and_on_is_stochastic() -> None:
     x = torch.randn(2, 2, 6, 6)
-    F = lambda state, i: state + 1.0
+    F = lambda state, i, time=None: state + 1.0
     interpolator = DropoutBlend().eval()
     torch.manual_seed(1)
     first = torch.stack(list(ColdSampler(interpolator, F, horizon=4).rollout(x, 6)))
@@ -355,7 +368,7 @@ def test_forecaster_batch_uses_x_t_at_step_zero_and_the_interpolator_otherwise()
     w = window(batch=32, h=h)
     calls = []
 
-    def interpolator(x0, x1, i):
+    def interpolator(x0, x1, i, time=None):
         calls.append(torch.is_grad_enabled())
         return x0 + 100.0 + i[:, None, None, None]
 
@@ -419,7 +432,7 @@ def test_stage_loss_module_holds_only_the_trained_network() -> None:
     torch.manual_seed(5)  # the frozen interpolator's dropout draws from the global generator
     expected = forecaster_loss(forecaster, w, frozen, l1, torch.Generator().manual_seed(3))
     torch.manual_seed(5)
-    torch.testing.assert_close(stage(w, torch.Generator().manual_seed(3)), expected)
+    torch.testing.assert_close(stage(w, generator=torch.Generator().manual_seed(3)), expected)
     mse = SphericalMSE(GRID, channel_weight_vector(list(CHANNELS), {}))
     assert torch.isfinite(StageLoss("interpolator", DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY), mse)(w))
     with pytest.raises(ValueError, match="no frozen interpolator"):

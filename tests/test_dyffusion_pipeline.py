@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from models.dyffusion import DYffusion
+from models.forcings import posix_seconds
 from pipeline.config import load_config
 from pipeline.diagnostics.run import open_inputs
 from pipeline.ensemble.generator import generate_ensemble, regenerate_member
@@ -97,10 +98,15 @@ def test_stages_train_into_their_own_directories_and_the_forecaster_carries_its_
     # the forecaster's file alone rebuilds the whole sampler, and it forecasts
     model, info = load_checkpoint(forecaster_dir / LAST)
     assert isinstance(model, DYffusion) and model.horizon == 2 and model.passes_per_step == 2.0
+    assert info.hparams["forcings"] == ["year_progress", "day_progress"]  # the tiny run's model has forcings
     x = torch.randn(3, len(info.channels), info.grid.nlat, info.grid.nlon)
+    valid = posix_seconds(np.datetime64("2000-01-10T00:00"), batch=3)
     with torch.no_grad():
-        states = list(model.rollout(x, 5))
-        assert torch.equal(model(x), states[0])  # forward is the first emitted step, deterministic in eval mode
+        states = list(model.rollout(x, 5, valid, 6 * 3600.0))
+        assert torch.equal(model(x, valid), states[0])  # forward is the first emitted step, deterministic in eval mode
+        # the second chain (steps 3-4) starts 2 steps later: restarting there by hand gives the same states
+        again = list(model.rollout(states[1], 3, valid + 2 * 6 * 3600.0, 6 * 3600.0))
+    torch.testing.assert_close(torch.stack(again), torch.stack(states[2:]))
     assert len(states) == 5 and all(torch.isfinite(s).all() for s in states)
 
 
@@ -119,6 +125,10 @@ def test_forecaster_stage_without_a_fitting_interpolator_is_refused_before_train
         Trainer(config, 0, SINGLE, "forecaster")
     with pytest.raises(MyriadError, match="pass --stage interpolator or --stage forecaster"):
         Trainer(config, 0, SINGLE)
+    unforced = {**other_horizon, "name": "unforced", "forcings": [], "dyffusion": {**other_horizon["dyffusion"], "horizon": 2}}
+    config = load_config(write(run, tmp_path / "unforced.yaml", model=unforced))
+    with pytest.raises(MyriadError, match=r"other forcings \['year_progress', 'day_progress'\] \(config: \[\]\)"):
+        Trainer(config, 0, SINGLE, "forecaster")
     sfno = write_config(tmp_path / "sfno.yaml", {**run, "model": {"name": "tiny", "embed_dim": 16, "num_layers": 2}})
     with pytest.raises(MyriadError, match="training stages are for model.kind dyffusion"):
         plan_training(sfno, tmp_path / "sfno.yaml", stage="interpolator")

@@ -22,9 +22,11 @@ from pipeline.config import load_config
 from pipeline.data.channels import channel_attrs
 from pipeline.data.store import open_analysis
 from pipeline.ensemble.generator import EnsembleRunResult, generate_ensemble, regenerate_member
+from pipeline.ensemble.inputs import resolve_checkpoint
 from pipeline.ensemble.seeds import BRED_VECTOR, member_seed
 from pipeline.errors import MyriadError
 from pipeline.training.checkpoint import read_checkpoint, save_checkpoint
+from pipeline.training.forecast import Forecaster
 from tests.ensemble_fixtures import INIT_TIMES, NLAT, NLON, build_run, ensemble_config
 
 torch.set_num_threads(1)
@@ -88,6 +90,15 @@ def test_the_store_opens_with_the_documented_dims_coords_and_attrs(run: dict, fu
         for control in (0, 5):
             np.testing.assert_array_equal(ds[name].isel(init_time=1, member=control, lead_time=0).values, x0[name].values)
     assert not np.array_equal(ds["z500"].isel(init_time=1, member=1, lead_time=0).values, x0["z500"].values)
+    # the control's first step is the model's step from the analysis at its valid time (the model has forcings)
+    model = Forecaster.from_checkpoint(resolve_checkpoint(run["ensemble"]["checkpoints"][0]), bf16=False)
+    state = torch.from_numpy(np.stack([analysis[c].sel(time=init[1]).values for c in model.info.channels]))[None]
+    output = [model.info.channels.index(name) for name in OUTPUTS]
+    stepped = model.step(state, time=init[1])[0, output].numpy()
+    stored = np.stack([ds[name].isel(init_time=1, member=0, lead_time=1).values for name in OUTPUTS])
+    np.testing.assert_allclose(stored, stepped, rtol=1e-5, atol=1e-3)
+    off_by_twelve_hours = model.step(state, time=init[1] + np.timedelta64(12, "h"))[0, output].numpy()
+    assert not np.allclose(stored, off_by_twelve_hours, rtol=1e-5, atol=1e-3)
     assert (ds["tp6h"].isel(lead_time=0).values >= 0).all()  # non-negative channel clipped
 
 

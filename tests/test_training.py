@@ -64,9 +64,13 @@ def test_windows_hold_store_values_normalised_by_stats(store: dict, tmp_path: Pa
     assert (len(train), len(val)) == (128, 32)
     frames = load_frames(data, train, config.training, "training")
     dataset = WindowDataset(frames, max_targets=2)
-    batch = dataset[([0, 5, 100], 2)]
+    batch, seconds = dataset[([0, 5, 100], 2)]
     assert batch.shape == (3, 3, len(CHANNELS), GRID.nlat, GRID.nlon)
     analysis = open_analysis(config.analysis_path)
+    # each window's start time, in POSIX seconds (the input of a model's forcings)
+    starts = analysis["time"].values[train[[0, 5, 100]]]
+    assert seconds.dtype == torch.float64
+    assert seconds.tolist() == (starts.astype("datetime64[s]").astype(np.int64)).astype(float).tolist()
     stats = load_statistics(config.stats_path)
     for c, name in enumerate(CHANNELS):
         raw = analysis[name].isel(time=[5, 6, 7]).values
@@ -187,6 +191,27 @@ def test_a_checkpoint_predicts_in_a_fresh_process_from_its_file_alone(store: dic
     predicted = np.load(tmp_path / "out.npy")
     assert predicted.shape == (1, 3, 9, 16) and np.isfinite(predicted).all()
     np.testing.assert_array_equal(predicted, expected.numpy())
+
+
+def test_a_model_with_forcings_trains_and_forecasts_from_valid_times(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "forced", model={"forcings": ["year_progress", "day_progress"]},
+                        training={"max_steps": 4, "rollout_steps": 2, "rollout_start_step": 2})
+    Trainer(config, seed=0, ctx=SINGLE).fit()
+    path = config.run_dir / "checkpoints" / "forced" / "seed-0" / LAST
+    assert read_checkpoint(path)["model"]["hparams"]["forcings"] == ["year_progress", "day_progress"]
+    forecaster = Forecaster.from_checkpoint(path)
+    analysis = open_analysis(config.analysis_path)
+    t0 = analysis["time"].values[140]
+    state = torch.from_numpy(np.stack([analysis[c].isel(time=140).values for c in CHANNELS]))[None]
+    with pytest.raises(ValueError, match="pass the valid time"):
+        forecaster.step(state)
+    states = list(forecaster.rollout(state, 3, time=t0))
+    x = state
+    for k in range(3):  # the rollout advances the valid time by the checkpoint's 6 h step
+        x = forecaster.step(x, time=t0 + k * np.timedelta64(6, "h"))
+        torch.testing.assert_close(states[k], x)
+    half_a_year_later = list(forecaster.rollout(state, 3, time=t0 + np.timedelta64(182, "D")))
+    assert not torch.allclose(half_a_year_later[-1], states[-1])
 
 
 # --------------------------------------------------------------------------- bad input

@@ -82,8 +82,9 @@ from pipeline.grid import Grid
 
 logger = logging.getLogger(__name__)
 
-Step = Callable[[torch.Tensor], torch.Tensor]
-"""The model's one-step map on physical states, ``(B, C, H, W) -> (B, C, H, W)``."""
+Step = Callable[..., torch.Tensor]
+"""The model's one-step map on physical states, ``(B, C, H, W) -> (B, C, H, W)``; called
+``step(states)``, or ``step(states, time)`` with the cycle's valid time when :func:`breed` has times."""
 
 def breeding_times(init_time: InitTime, cycles: int, step: timedelta) -> list[np.datetime64]:
     """Start times of the breeding cycles, ``t0 - K dt, ..., t0 - dt`` (the analyses :func:`breed` takes)."""
@@ -219,6 +220,7 @@ def breed(
     seeds: Sequence[int],
     seed_field: SphericalSeedField,
     boundary_deg: float = DEFAULT_EXTRATROPICS_DEG,
+    times: Sequence[np.datetime64] | None = None,
 ) -> torch.Tensor:
     """Bred vectors of ``len(seeds)`` pairs, ``(P, C, H, W)`` float32, valid at ``t0``.
 
@@ -240,6 +242,9 @@ def breed(
         The seed field generator on the state's grid and device.
     boundary_deg
         Equatorward edge of the extratropical bands.
+    times
+        Valid times of ``analyses`` (:func:`breeding_times`), passed to
+        ``step`` for a model with forcings; None calls ``step(states)``.
 
     Raises
     ------
@@ -257,7 +262,8 @@ def breed(
         dx = seed_perturbations(seed_field, seeds, seed_channels, target_rms, boundary_deg)
         for cycle in range(n_cycles):
             state = analyses[cycle : cycle + 1]
-            forecast = step(torch.cat([state, state + dx]))
+            pair = torch.cat([state, state + dx])
+            forecast = step(pair) if times is None else step(pair, times[cycle])
             dx = forecast[1:] - forecast[:1]
             if not torch.isfinite(dx).all():
                 raise MyriadError(

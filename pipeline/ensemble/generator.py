@@ -132,7 +132,8 @@ class MemberForecaster:
             member_of_pair = {m.pair_index: m for m in members}
             seeds = [inputs.plan.seed(member_of_pair[p], t0) for p in pairs]
             bred = breed(forecaster.step, breeding, inputs.targets[checkpoint_index], inputs.seed_mask, seeds,
-                         self.seed_field, inputs.settings.perturbation.extratropics_deg)
+                         self.seed_field, inputs.settings.perturbation.extratropics_deg,
+                         times=inputs.frames.times_needed(t0)[:-1])
             position = {p: k for k, p in enumerate(pairs)}
             for row, member in enumerate(members):
                 if not member.is_control:
@@ -153,7 +154,7 @@ class MemberForecaster:
         rollouts = [
             self.cache.get(self.inputs.checkpoint_files[c]).rollout(
                 s, self.inputs.n_steps,
-                [torch.Generator(self.device).manual_seed(plan.sampling_seed(m, t0)) for m in members])
+                [torch.Generator(self.device).manual_seed(plan.sampling_seed(m, t0)) for m in members], time=t0)
             for (c, members), s in zip(groups, states)
         ]
         window = self.inputs.steps_per_output

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from models.forcings import check_forcings
 from pipeline.config_base import StrictModel
 
 DYFFUSION_STAGES = ("interpolator", "forecaster")
@@ -89,6 +90,10 @@ class ModelConfig(StrictModel):
     cond_embed_dim: int = Field(64, ge=2)
     bandlimit_output: bool = True
     """Keep the predicted increment within the degrees the SFNO blocks resolve (stable rollouts)."""
+    forcings: list[Literal["year_progress", "day_progress"]] = Field(default_factory=list)
+    """Known forcings of the valid time as input channels (:mod:`models.forcings`): ``year_progress``
+    (the season; needed for runs longer than a few months) and ``day_progress`` (local solar time,
+    for data with a daily cycle such as ERA5). Checkpoints carry them; forecasts pass valid times."""
 
     def hparams(self, n_channels: int, n_static: int, nlat: int, nlon: int) -> dict[str, Any]:
         """Keyword arguments of the model class for this run (a plain, JSON-able dict)."""
@@ -112,10 +117,18 @@ class ModelConfig(StrictModel):
             "conditioning": self.conditioning,
             "cond_embed_dim": self.cond_embed_dim,
             "bandlimit_output": self.bandlimit_output,
+            # only when set, so checkpoints from before forcings existed still resume
+            **({"forcings": list(self.forcings)} if self.forcings else {}),
         }
 
     dyffusion: DYffusionConfig | None = None
     """Spherical DYffusion settings; defaults apply with ``kind: dyffusion``."""
+
+    @field_validator("forcings")
+    @classmethod
+    def _distinct_forcings(cls, value: list[str]) -> list[str]:
+        check_forcings(value)
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -26,6 +26,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from models.forcings import posix_seconds
 from pipeline.config import MyriadConfig
 from pipeline.data.statistics import load_statistics
 from pipeline.data.store import open_analysis
@@ -131,7 +132,10 @@ def resolve_periods(data: AnalysisData, training: TrainingConfig) -> tuple[np.nd
 
 
 class Frames(ABC):
-    """Normalised float32 frames of one period, indexed 0..len-1 along time."""
+    """Normalised float32 frames of one period, indexed 0..len-1 along time, with their valid times."""
+
+    def __init__(self, data: AnalysisData, time_indices: np.ndarray) -> None:
+        self._seconds = posix_seconds(data.times[np.asarray(time_indices)].values)
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -140,11 +144,16 @@ class Frames(ABC):
     def read(self, index: np.ndarray) -> torch.Tensor:
         """Frames at ``index`` (any shape), result shape ``index.shape + (C, nlat, nlon)``."""
 
+    def seconds(self, index: np.ndarray) -> torch.Tensor:
+        """Valid times of the frames at ``index`` in POSIX seconds (float64, shape ``index.shape``)."""
+        return self._seconds[torch.as_tensor(np.asarray(index), dtype=torch.long)]
+
 
 class StoreFrames(Frames):
     """Frames read from the Zarr store on each call (for periods that do not fit in memory)."""
 
     def __init__(self, data: AnalysisData, time_indices: np.ndarray) -> None:
+        super().__init__(data, time_indices)
         self._dataset = data.dataset
         self._channels = data.channels
         self._time = np.asarray(time_indices)
@@ -169,6 +178,7 @@ class MemoryFrames(Frames):
     """All frames of a period normalised into one in-memory tensor."""
 
     def __init__(self, data: AnalysisData, time_indices: np.ndarray) -> None:
+        super().__init__(data, time_indices)
         source = StoreFrames(data, time_indices)
         self._values = source.read(np.arange(len(source))).contiguous()
 
@@ -188,12 +198,13 @@ def load_frames(data: AnalysisData, time_indices: np.ndarray, training: Training
 
 
 class WindowDataset(Dataset):
-    """Windows ``(z_s, ..., z_{s+n})`` over a period; item = (list of starts, n) -> batch tensor.
+    """Windows ``(z_s, ..., z_{s+n})`` over a period; item = (list of starts, n) -> (batch, start times).
 
     Every start ``s`` with ``s + max_targets < len(frames)`` is a sample, so
     the sample set does not change when the number of targets ``n <=
     max_targets`` changes during training. An item is a whole batch,
-    shape ``(B, n + 1, C, nlat, nlon)``.
+    shape ``(B, n + 1, C, nlat, nlon)``, and the valid times of its first
+    states in POSIX seconds, shape ``(B,)`` (for models with forcings).
     """
 
     def __init__(self, frames: Frames, max_targets: int) -> None:
@@ -205,10 +216,10 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frames) - self.max_targets
 
-    def __getitem__(self, key: tuple[list[int], int]) -> torch.Tensor:
+    def __getitem__(self, key: tuple[list[int], int]) -> tuple[torch.Tensor, torch.Tensor]:
         starts, n_targets = key
         index = np.asarray(starts)[:, None] + np.arange(n_targets + 1)[None, :]
-        return self.frames.read(index)
+        return self.frames.read(index), self.frames.seconds(np.asarray(starts))
 
 
 class WindowBatchSampler(Sampler[tuple[list[int], int]]):

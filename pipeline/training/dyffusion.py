@@ -18,6 +18,10 @@ see :mod:`models.dyffusion`):
   the area-weighted L1 (:class:`pipeline.training.losses.SphericalL1`). With
   :math:`h = 1` there is no interpolator and every input is :math:`x_t`.
 
+Networks with forcings (``model.forcings``) get the valid time of
+:math:`x_t` (the window's start) in both stages, as the sampler gives them
+the chain's start time.
+
 :func:`check_interpolator` validates the forecaster stage's interpolator
 checkpoint before any training starts; :func:`evaluate_interpolator` scores
 the interpolator stage against linear interpolation in time.
@@ -152,7 +156,8 @@ def check_interpolator(config: MyriadConfig, seed: int | None = None) -> Checkpo
     """Check that the forecaster stage's interpolator checkpoint fits this config.
 
     It must exist, be a ``dyffusion_interpolator`` checkpoint, and share the
-    config's channels (names and order), static fields, grid and horizon. With
+    config's channels (names and order), static fields, grid, horizon and
+    forcings (``model.forcings``). With
     ``h = 1`` no interpolator is used and None is returned.
 
     Raises
@@ -174,12 +179,14 @@ def check_interpolator(config: MyriadConfig, seed: int | None = None) -> Checkpo
         "static fields": static,
         "grid": [config.grid.nlat, config.grid.nlon],
         "horizon": dyf.horizon,
+        "forcings": list(config.model.forcings),
     }
     found = {
         "channels": list(info.channels),
         "static fields": list(info.static) if info.hparams.get("n_static", 0) else [],
         "grid": [info.grid.nlat, info.grid.nlon],
         "horizon": info.hparams.get("horizon"),
+        "forcings": list(info.hparams.get("forcings", [])),
     }
     differ = [f"{key} {found[key]} (config: {wanted[key]})" for key in wanted if wanted[key] != found[key]]
     if differ:
@@ -222,10 +229,11 @@ def evaluate_interpolator(interpolator: nn.Module, frames: Frames, starts: np.nd
     for first in range(0, len(mine), batch_size):
         batch = mine[first : first + batch_size]
         window = frames.read(batch[:, None] + np.arange(horizon + 1)[None, :]).to(ctx.device)
+        seconds = frames.seconds(batch).to(ctx.device)
         x_start, x_end = window[:, 0], window[:, horizon]
         for n in range(1, horizon):
             fraction = n / horizon
-            guesses = (interpolator(x_start, x_end, fraction).float(), (1 - fraction) * x_start + fraction * x_end)
+            guesses = (interpolator(x_start, x_end, fraction, time=seconds).float(), (1 - fraction) * x_start + fraction * x_end)
             for r, guess in enumerate(guesses):
                 sums[r, n - 1] += loss.per_channel(guess, window[:, n]).double().sum(dim=0)
     rmse, n_inits = ranks_rmse(sums, len(mine), normalisation, ctx)
@@ -271,15 +279,18 @@ def interpolator_batch(window: torch.Tensor, generator: torch.Generator | None =
 
 
 def interpolator_loss(interpolator: nn.Module, window: torch.Tensor, loss: nn.Module,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stage ``interpolator``: ``loss(I(x_t, x_{t+h}, n/h), x_{t+n})`` (``loss`` a SphericalMSE)."""
+                      generator: torch.Generator | None = None, seconds: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage ``interpolator``: ``loss(I(x_t, x_{t+h}, n/h), x_{t+n})`` (``loss`` a SphericalMSE).
+
+    ``seconds``: valid times of ``x_t`` (POSIX seconds, shape ``(B,)``) for a network with forcings.
+    """
     _horizon(window, interpolator)
     x_start, x_end, i, target = interpolator_batch(window, generator)
-    return loss(interpolator(x_start, x_end, i), target)
+    return loss(interpolator(x_start, x_end, i, time=seconds), target)
 
 
-def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None, generator: torch.Generator | None = None,
+                     seconds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs and target of the forecaster stage.
 
     Parameters
@@ -289,6 +300,8 @@ def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None,
     interpolator
         The frozen interpolator (:func:`freeze_interpolator`: dropout on);
         may be None only when ``h = 1``.
+    seconds
+        Valid times of ``x_t`` (POSIX seconds, shape ``(B,)``), for an interpolator with forcings.
 
     Returns
     -------
@@ -307,22 +320,28 @@ def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None,
         if interpolator is None:
             raise ValueError(f"h = {h}: the forecaster stage needs the frozen interpolator")
         with torch.no_grad():
-            inputs[interpolated] = interpolator(x_start[interpolated], x_end[interpolated], i[interpolated]).to(inputs.dtype)
+            times = seconds[interpolated] if seconds is not None else None
+            inputs[interpolated] = interpolator(x_start[interpolated], x_end[interpolated], i[interpolated],
+                                                time=times).to(inputs.dtype)
     return inputs, i, x_end
 
 
 def forecaster_loss(forecaster: nn.Module, window: torch.Tensor, interpolator: nn.Module | None, loss: nn.Module,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1)."""
+                    generator: torch.Generator | None = None, seconds: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1).
+
+    Both networks get the chain's start time ``seconds`` (valid time of ``x_t``), as in the sampler.
+    """
     _horizon(window, forecaster)
-    inputs, i, target = forecaster_batch(window, interpolator, generator)
-    return loss(forecaster(inputs, i), target)
+    inputs, i, target = forecaster_batch(window, interpolator, generator, seconds)
+    return loss(forecaster(inputs, i, time=seconds), target)
 
 
 class StageLoss(nn.Module):
     """One DYffusion stage's loss as a module, ready to wrap in DistributedDataParallel.
 
-    ``forward(window, generator)`` returns the stage loss of a window batch.
+    ``forward(window, seconds, generator)`` returns the stage loss of a window
+    batch whose first states are valid at ``seconds`` (POSIX, shape ``(B,)``).
     Only ``network`` (the network this stage trains) is a sub-module: the
     frozen interpolator of the forecaster stage is held outside the module
     tree, so DDP neither syncs nor checks it and it stays out of
@@ -357,7 +376,8 @@ class StageLoss(nn.Module):
     def interpolator(self) -> nn.Module | None:
         return self._frozen[0]
 
-    def forward(self, window: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, window: torch.Tensor, seconds: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         if self.stage == "interpolator":
-            return interpolator_loss(self.network, window, self.loss, generator)
-        return forecaster_loss(self.network, window, self.interpolator, self.loss, generator)
+            return interpolator_loss(self.network, window, self.loss, generator, seconds)
+        return forecaster_loss(self.network, window, self.interpolator, self.loss, generator, seconds)

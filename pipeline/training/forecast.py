@@ -3,10 +3,11 @@
 A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
 ``x = z * std + mean``; the ensemble stage, validation and calibration all
-go through it. A model with its own ``rollout(z, n_steps)`` (Spherical
+go through it. A model with its own ``rollout(z, n_steps, time, step_seconds)`` (Spherical
 DYffusion's cold sampler, :class:`models.dyffusion.DYffusion`, whose state
 is more than the last emitted step) is rolled out by that; ``forward`` is
-then only its first step. Rollouts take optional per-row dropout generators
+then only its first step. Valid times advance by the model's time step and
+feed a model's forcings (:mod:`models.forcings`). Rollouts take optional per-row dropout generators
 (:func:`models.sfno.dropout_generators`) for stochastic members. On CUDA the model runs under bf16 autocast (the SHT stays
 float32 inside the model) and states are kept in float32.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.forcings import posix_seconds
 from models.sfno import SFNO, dropout_generators
 from pipeline.training.checkpoint import CheckpointInfo, load_checkpoint
 from pipeline.training.normalisation import Normalisation
@@ -65,11 +67,19 @@ class Forecaster:
         bf16 autocast on CUDA (and on the CPU when compiled).
     compile
         Compile the model's SFNO networks (:func:`compile_networks`).
+    step_hours
+        The model's time step, which advances the valid times of a rollout
+        (needed by a model with forcings; :meth:`from_checkpoint` sets it).
+
+    Every method takes the valid ``time`` of its input state (one, or one per
+    batch row; see :func:`models.forcings.posix_seconds`); a model with
+    forcings refuses to run without it, others ignore it.
     """
 
     def __init__(self, model: nn.Module, normalisation: Normalisation, device: torch.device | str = "cpu", bf16: bool = True,
-                 compile: bool = False) -> None:
+                 compile: bool = False, step_hours: float | None = None) -> None:
         self.device = torch.device(device)
+        self.step_hours = step_hours
         self.model = model.to(self.device).eval()
         self.normalisation = normalisation
         self.bf16 = bf16
@@ -81,7 +91,7 @@ class Forecaster:
                         compile: bool = False) -> "Forecaster":
         """Load ``path`` (see :func:`pipeline.training.checkpoint.load_checkpoint`)."""
         model, info = load_checkpoint(path, map_location=device)
-        forecaster = cls(model, info.normalisation, device, bf16, compile)
+        forecaster = cls(model, info.normalisation, device, bf16, compile, info.time_step_hours)
         forecaster.info = info
         return forecaster
 
@@ -89,43 +99,56 @@ class Forecaster:
         """The autocast of this forecaster's passes (bf16 on CUDA; on the CPU only when compiled)."""
         return autocast_context(self.device, self.bf16, cpu=self.compiled)
 
-    @torch.no_grad()
-    def step_normalised(self, z: torch.Tensor) -> torch.Tensor:
-        """One model step in normalised units (float32 out)."""
-        with self.autocast():
-            return self.model(z.to(self.device)).float()
+    def _seconds(self, time: object, batch: int) -> torch.Tensor | None:
+        return None if time is None else posix_seconds(time, batch).to(self.device)
+
+    @property
+    def step_seconds(self) -> float | None:
+        return None if self.step_hours is None else self.step_hours * 3600.0
 
     @torch.no_grad()
-    def rollout_normalised(self, z: torch.Tensor, n_steps: int,
-                           generators: Sequence[torch.Generator] | None = None) -> Iterator[torch.Tensor]:
-        """Yield ``n_steps`` successive normalised states (float32) from ``z``.
+    def step_normalised(self, z: torch.Tensor, time: object = None) -> torch.Tensor:
+        """One model step in normalised units (float32 out) from ``z`` valid at ``time``."""
+        with self.autocast():
+            return self.model(z.to(self.device), time=self._seconds(time, z.shape[0])).float()
+
+    @torch.no_grad()
+    def rollout_normalised(self, z: torch.Tensor, n_steps: int, generators: Sequence[torch.Generator] | None = None,
+                           time: object = None) -> Iterator[torch.Tensor]:
+        """Yield ``n_steps`` successive normalised states (float32) from ``z`` valid at ``time``.
 
         ``generators`` (one per batch row) draw the Monte Carlo dropout masks of
         a stochastic model; without them an eval-mode model is deterministic.
         """
         z = z.to(self.device)
+        seconds = self._seconds(time, z.shape[0])
+        if seconds is not None and self.step_seconds is None:
+            raise ValueError("a rollout with valid times needs the forecaster's step_hours")
         own = getattr(self.model, "rollout", None)
-        states = own(z, n_steps) if own is not None else self._iterate(z, n_steps)
+        states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
+                  else self._iterate(z, n_steps, seconds))
         for _ in range(n_steps):
             with dropout_generators(generators), self.autocast():
                 z = next(states).float()
             yield z
 
-    def _iterate(self, z: torch.Tensor, n_steps: int) -> Iterator[torch.Tensor]:
+    def _iterate(self, z: torch.Tensor, n_steps: int, seconds: torch.Tensor | None) -> Iterator[torch.Tensor]:
         for _ in range(n_steps):
-            z = self.model(z).float()
+            z = self.model(z, time=seconds).float()
+            if seconds is not None:
+                seconds = seconds + self.step_seconds
             yield z
 
     @torch.no_grad()
-    def step(self, state: torch.Tensor) -> torch.Tensor:
-        """One step from a physical state ``(B, C, nlat, nlon)``; returns the physical next state."""
+    def step(self, state: torch.Tensor, time: object = None) -> torch.Tensor:
+        """One step from a physical state ``(B, C, nlat, nlon)`` valid at ``time``; returns the physical next state."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
-        return self.normalisation.denormalise(self.step_normalised(z))
+        return self.normalisation.denormalise(self.step_normalised(z, time))
 
     @torch.no_grad()
-    def rollout(self, state: torch.Tensor, n_steps: int,
-                generators: Sequence[torch.Generator] | None = None) -> Iterator[torch.Tensor]:
+    def rollout(self, state: torch.Tensor, n_steps: int, generators: Sequence[torch.Generator] | None = None,
+                time: object = None) -> Iterator[torch.Tensor]:
         """Yield the physical states after 1, 2, ..., ``n_steps`` steps from ``state`` (see :meth:`rollout_normalised`)."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
-        for step in self.rollout_normalised(z, n_steps, generators):
+        for step in self.rollout_normalised(z, n_steps, generators, time):
             yield self.normalisation.denormalise(step)

@@ -107,20 +107,23 @@ class RolloutLoss(nn.Module):
     r"""The SFNO's objective: ``n`` autoregressive steps in one forward (one DDP forward per optimiser step).
 
     For a window :math:`(z_0, \ldots, z_n)`: :math:`L = \frac1n \sum_{k=1}^n
-    \ell(M^k(z_0), z_k)` with :math:`\ell` the area-weighted MSE.
+    \ell(M^k(z_0), z_k)` with :math:`\ell` the area-weighted MSE. Step
+    :math:`k` gets the valid time of its input, ``seconds + (k - 1) * step_seconds``
+    (used by a model with forcings).
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, step_seconds: float) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        self.step_seconds = step_seconds
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def forward(self, window: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
         n_steps = window.shape[1] - 1
         z = window[:, 0]
         total = 0.0
         for k in range(1, n_steps + 1):
-            z = self.model(z)
+            z = self.model(z, time=seconds + (k - 1) * self.step_seconds)
             total = total + self.loss(z, window[:, k])
         return total / n_steps
 
@@ -220,7 +223,7 @@ class Trainer:
                              if interpolator is not None else None)
         self.interpolator_info = interpolator
         if self.stage is None:
-            objective: nn.Module = RolloutLoss(self.model, self.loss)
+            objective: nn.Module = RolloutLoss(self.model, self.loss, self.step_hours * 3600.0)
         else:
             stage_loss = self.loss if self.stage == "interpolator" else SphericalL1(
                 grid, channel_weight_vector(self.data.channels, training.channel_weights, units, power=1)).to(ctx.device)
@@ -383,19 +386,21 @@ class Trainer:
                         stopped_by, progress.elapsed_seconds, self.directory)
         return TrainResult(self.directory, progress.step, skill, stopped_by)
 
-    def train_step(self, batch: torch.Tensor, elapsed: float = 0.0) -> tuple[float, bool]:
-        """One optimiser step; returns the rank-mean loss and whether the time budget is spent.
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], elapsed: float = 0.0) -> tuple[float, bool]:
+        """One optimiser step on ``(windows, start times)``; returns the rank-mean loss and whether the time budget is spent.
 
         ``elapsed`` (training seconds so far) counts as rank 0 measured it, on every rank,
         so that the time-aware schedule and the budget stop agree across ranks.
         """
-        batch = batch.to(self.ctx.device, non_blocking=True)
+        windows, seconds = batch
+        windows = windows.to(self.ctx.device, non_blocking=True)
+        seconds = seconds.to(self.ctx.device)
         self.model.train()
         if self.training.input_noise > 0:
-            batch = batch.clone()
-            batch[:, 0] += self.noise_scale * torch.randn_like(batch[:, 0])
+            windows = windows.clone()
+            windows[:, 0] += self.noise_scale * torch.randn_like(windows[:, 0])
         with autocast_context(self.ctx.device, self.training.bf16):
-            loss = self.objective(batch)
+            loss = self.objective(windows, seconds)
         flags = torch.stack([
             loss.detach().double(),
             (~torch.isfinite(loss.detach())).double(),
@@ -448,7 +453,8 @@ class Trainer:
             skill = evaluate_interpolator(self.model, self.val_frames, starts, horizon, self.step_hours, self.loss,
                                           self.data.normalisation, self.ctx)
         else:
-            forecaster = Forecaster(self._forecast_model(), self.data.normalisation, self.ctx.device, self.training.bf16)
+            forecaster = Forecaster(self._forecast_model(), self.data.normalisation, self.ctx.device, self.training.bf16,
+                                    step_hours=self.step_hours)
             starts = evenly_spaced(len(self.val_frames) - max(self.val_leads), self.training.val_max_inits)
             if self.interpolator is not None:
                 self.interpolator.set_mc_dropout(False)  # deterministic validation
@@ -524,7 +530,7 @@ class Trainer:
             if (existing.checkpoint, existing.step, existing.lead_hours) == (path.name, step, lead_hours):
                 return existing
         model, info = load_checkpoint(path, map_location=self.ctx.device)
-        forecaster = Forecaster(model, info.normalisation, self.ctx.device, self.training.bf16)
+        forecaster = Forecaster(model, info.normalisation, self.ctx.device, self.training.bf16, step_hours=self.step_hours)
         starts = evenly_spaced(len(self.val_frames) - self.calibration_lead, self.training.calibration_max_inits)
         skill = evaluate(
             forecaster.rollout_normalised, self.val_frames, starts, [self.calibration_lead], self.step_hours,

@@ -105,7 +105,7 @@ def climatology(frames: Frames, n_samples: int, chunk: int = 64) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(
-    rollout: Callable[[torch.Tensor, int], Iterator[torch.Tensor]],
+    rollout: Callable[..., Iterator[torch.Tensor]],
     frames: Frames,
     starts: np.ndarray,
     lead_steps: list[int],
@@ -121,8 +121,9 @@ def evaluate(
     Parameters
     ----------
     rollout
-        ``rollout(z0, n)`` yields the model's next ``n`` normalised states
-        from ``z0`` on ``ctx.device``
+        ``rollout(z0, n, time=seconds)`` yields the model's next ``n``
+        normalised states from ``z0``, valid at ``seconds`` (POSIX, shape
+        ``(B,)``), on ``ctx.device``
         (:meth:`pipeline.training.forecast.Forecaster.rollout_normalised`).
     frames
         Normalised frames of the validation period; ``starts + max(lead_steps)`` must be valid.
@@ -149,7 +150,7 @@ def evaluate(
     for first in range(0, len(mine), batch_size):
         batch = mine[first : first + batch_size]
         z0 = frames.read(batch).to(device)
-        states = rollout(z0, leads[-1])
+        states = rollout(z0, leads[-1], time=frames.seconds(batch))
         z = z0
         done = 0
         for i, lead in enumerate(leads):
