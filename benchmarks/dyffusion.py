@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from models.forcings import EPOCH_2000, YEAR_SECONDS, posix_seconds
 from models.sfno import SFNO
 from pipeline.config import MyriadConfig, load_config
 from pipeline.data.store import open_analysis
@@ -140,11 +141,21 @@ def skill(config: MyriadConfig) -> dict:
 
 
 class ClimateSums:
-    """Running float64 sums: the time-mean zonal mean of each channel, and the global kinetic energy and global means (total and per year)."""
+    r"""Running float64 sums: the time-mean zonal mean of each channel, the global kinetic energy and global means
+    (total and per year), and the annual harmonic of the hemispheric z500 contrast.
+
+    The contrast is :math:`H(t) = \langle z500\,\sin\phi \rangle` (area mean; positive when the
+    northern hemisphere's layer is deeper, i.e. its summer); its annual harmonic
+    :math:`H(t) \approx \bar H + A \cos(2\pi p_y(t) - \theta)` (:math:`p_y` the year progress of
+    :mod:`models.forcings`) is fitted by projection, :math:`A e^{i\theta} = \frac{2}{N}\sum_n H_n e^{2\pi i p_y(t_n)}`;
+    :meth:`seasonal_cycle` gives the amplitude :math:`A` and the day of the year of the northern maximum.
+    """
 
     def __init__(self, channels: tuple[str, ...], grid: Grid) -> None:
         self.channels = channels
         self.weights = torch.as_tensor(latitude_weights(grid.latitudes) / grid.nlat, dtype=torch.float64)
+        self.hemispheric = self.weights * torch.sin(torch.deg2rad(torch.as_tensor(grid.latitudes, dtype=torch.float64)))
+        self.annual = torch.zeros(2, dtype=torch.float64)
         self.zonal = torch.zeros(len(channels), grid.nlat, dtype=torch.float64)
         self.count = 0
         self.has_wind = "u500" in channels and "v500" in channels
@@ -154,10 +165,14 @@ class ClimateSums:
         self._ke_since, self._count_since = 0.0, 0
         self._global_since = torch.zeros(len(channels), dtype=torch.float64)
 
-    def add(self, states: torch.Tensor) -> None:
-        """Add ``(N, C, nlat, nlon)`` physical states (members of one time, or times of the record)."""
+    def add(self, states: torch.Tensor, seconds: torch.Tensor) -> None:
+        """Add ``(N, C, nlat, nlon)`` physical states (members of one time, or times of the record) valid at ``seconds`` ``(N,)``."""
         zonal = states.double().mean(dim=-1)
         self.zonal += zonal.sum(dim=0)
+        if "z500" in self.channels:
+            contrast = zonal[:, self.channels.index("z500")] @ self.hemispheric
+            phase = 2 * torch.pi * torch.remainder(seconds.double() - EPOCH_2000, YEAR_SECONDS) / YEAR_SECONDS
+            self.annual += torch.stack([(contrast * torch.cos(phase)).sum(), (contrast * torch.sin(phase)).sum()])
         self._global_since += (zonal @ self.weights).sum(dim=0)
         self.count += states.shape[0]
         self._count_since += states.shape[0]
@@ -182,13 +197,19 @@ class ClimateSums:
     def kinetic_energy(self) -> float:
         return self.ke_total / self.count if self.has_wind and self.count else float("nan")
 
+    def seasonal_cycle(self) -> tuple[float, float]:
+        """Amplitude (m2 s-2) of the annual harmonic of the hemispheric z500 contrast and its day of the northern maximum."""
+        c, s = (2 * self.annual / max(self.count, 1)).tolist()
+        day = (np.arctan2(s, c) / (2 * np.pi)) % 1.0 * YEAR_SECONDS / 86400.0
+        return float(np.hypot(c, s)), float(day)
+
 
 def analysis_climate(config: MyriadConfig, channels: tuple[str, ...], grid: Grid) -> ClimateSums:
     ds = open_analysis(config.analysis_path, chunks=None)
     sums = ClimateSums(channels, grid)
     for start in range(0, ds.sizes["time"], 256):
         block = ds[list(channels)].isel(time=slice(start, start + 256)).to_array("channel").transpose("time", "channel", ...)
-        sums.add(torch.from_numpy(np.ascontiguousarray(block.values, dtype=np.float32)))
+        sums.add(torch.from_numpy(np.ascontiguousarray(block.values, dtype=np.float32)), posix_seconds(block["time"].values))
     return sums
 
 
@@ -198,12 +219,14 @@ def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, 
     sums = ClimateSums(channels, grid)
     x = x0.expand(members, -1, -1, -1).contiguous()
     finite, done = True, 0
+    step_seconds = forecaster.step_hours * 3600.0
+    first = float(posix_seconds(valid))
     for state in forecaster.rollout(x, n_steps, generators(members, 7), time=valid):
         done += 1
         if not torch.isfinite(state).all():
             finite = False
             break
-        sums.add(state)
+        sums.add(state, torch.full((members,), first + done * step_seconds, dtype=torch.float64))
         if done % steps_per_year == 0:
             sums.close_year()
             on_year(done // steps_per_year, sums.ke_year[-1] if sums.ke_year else float("nan"))
@@ -226,6 +249,12 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
             "zonal_mean_rms_bias_relative": zonal_rms / scale if scale > 0 else float("nan"),
             "global_mean_per_year": [year[k] for year in model.global_mean_year],
         }
+    if "z500" in model.channels:
+        (amplitude, day), (amplitude_planet, day_planet) = model.seasonal_cycle(), truth.seasonal_cycle()
+        lag = (day - day_planet + YEAR_SECONDS / 86400.0 / 2) % (YEAR_SECONDS / 86400.0) - YEAR_SECONDS / 86400.0 / 2
+        table["seasonal_cycle"] = {"z500_hemispheric_amplitude_model": amplitude, "z500_hemispheric_amplitude_planet": amplitude_planet,
+                                   "amplitude_ratio": amplitude / amplitude_planet, "peak_day_of_year_model": day,
+                                   "peak_day_of_year_planet": day_planet, "phase_lag_days": lag}
     if model.has_wind:
         table["kinetic_energy_ratio"] = model.kinetic_energy() / truth.kinetic_energy()
         table["kinetic_energy_per_year_ratio"] = [k / truth.kinetic_energy() for k in model.ke_year]
@@ -299,6 +328,10 @@ def print_report(result: dict) -> None:
                 print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
                       f"(bias {b['global_mean_bias']:+.3g}); zonal-mean RMS bias {b['zonal_mean_rms_bias']:.3g} "
                       f"({b['zonal_mean_rms_bias_relative']:.2f} of the planet's zonal contrast)")
+            if "seasonal_cycle" in v:
+                sc = v["seasonal_cycle"]
+                print(f"  seasonal cycle of the hemispheric z500 contrast: amplitude {sc['amplitude_ratio']:.2f}x the planet's, "
+                      f"northern maximum {sc['phase_lag_days']:+.0f} days from the planet's (day {sc['peak_day_of_year_planet']:.0f})")
 
 
 def main() -> None:
