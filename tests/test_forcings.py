@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
 import pytest
@@ -51,6 +52,26 @@ def test_day_progress_is_the_local_mean_solar_time() -> None:
         np.testing.assert_allclose(fields[row, 1].numpy(), np.broadcast_to(np.sin(phase), (NLAT, NLON)), atol=1e-6)
     # 06 UTC at longitude 0 is a quarter of the local day; at 90 E it is local noon
     assert fields[0, 1, 0, 0] == pytest.approx(1.0) and fields[0, 0, 0, NLON // 4] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_insolation_follows_the_sun() -> None:
+    nlat, nlon = 33, 64
+    times = np.array(["2009-06-21T12:00", "2009-03-20T12:00", "2009-12-21T12:00"], dtype="datetime64[s]")
+    daily = forcing_fields(["daily_insolation"], posix_seconds(times), nlat, nlon)[:, 0].double()
+    north, equator, south = daily[:, 0, 0], daily[:, nlat // 2, 0], daily[:, -1, 0]
+    # June solstice: the north pole gets E0 sin(23.44 deg) (about 524 W m-2), the south pole nothing, and vice versa
+    assert float(north[0]) == pytest.approx(0.967 * math.sin(math.radians(23.44)), rel=0.01) and float(south[0]) == 0.0
+    assert float(south[2]) == pytest.approx(1.034 * math.sin(math.radians(23.44)), rel=0.01) and float(north[2]) == 0.0
+    assert float(equator[1]) == pytest.approx(1.0 / math.pi, rel=0.02)  # equinox at the equator: S0 / pi
+    assert torch.equal(daily, daily[:, :, :1].expand_as(daily))  # a daily mean does not depend on longitude
+    # the daily mean is the mean of the instantaneous flux over the day (15-minute samples)
+    offsets = np.arange(-12 * 3600, 12 * 3600, 900).astype("timedelta64[s]")
+    instant = torch.stack([forcing_fields(["toa_insolation"], posix_seconds(times + k), nlat, nlon)[:, 0] for k in offsets])
+    assert float((instant.double().mean(0).mean(-1) - daily.mean(-1)).abs().max()) < 2e-3
+    # at 12 UTC the sun stands over longitude 0: the largest flux is there, E0 cos(lat - declination); night is 0
+    noon = instant[len(offsets) // 2]
+    assert int(noon[0].max(dim=0).values.argmax()) == 0 and float(noon[0].max()) == pytest.approx(0.967, rel=0.01)
+    assert float(noon[0, nlat // 2 :, nlon // 2].max()) == 0.0  # midnight south of the equator (the Arctic has polar day)
 
 
 def test_forcing_names_are_checked() -> None:

@@ -90,10 +90,11 @@ class ModelConfig(StrictModel):
     cond_embed_dim: int = Field(64, ge=2)
     bandlimit_output: bool = True
     """Keep the predicted increment within the degrees the SFNO blocks resolve (stable rollouts)."""
-    forcings: list[Literal["year_progress", "day_progress"]] = Field(default_factory=list)
+    forcings: list[Literal["year_progress", "day_progress", "toa_insolation", "daily_insolation"]] = Field(default_factory=list)
     """Known forcings of the valid time as input channels (:mod:`models.forcings`): ``year_progress``
-    (the season; needed for runs longer than a few months) and ``day_progress`` (local solar time,
-    for data with a daily cycle such as ERA5). Checkpoints carry them; forecasts pass valid times."""
+    and ``day_progress`` (phases of the year and of the local solar day), ``toa_insolation`` (the sun's
+    flux at the top of the atmosphere, for data with a daily cycle such as ERA5) and ``daily_insolation``
+    (its daily mean, for the planet). Checkpoints carry them; forecasts pass valid times."""
 
     def hparams(self, n_channels: int, n_static: int, nlat: int, nlon: int) -> dict[str, Any]:
         """Keyword arguments of the model class for this run (a plain, JSON-able dict)."""
