@@ -1,14 +1,15 @@
 r"""Known forcings of time as network inputs: where in the year and in the day a state is valid.
 
 The atmosphere, and the embedded planet, are driven by the sun. A network that
-sees only the state must guess the season from it; in a free run of years it
-loses the thread (measured on the planet, whose equilibrium layer depth follows
-a seasonal cycle: without a time input the 9-year DYffusion forecaster's
-hemispheric z500 contrast kept growing through the second half of its first
-year, to 4.6x the planet's seasonal extreme by the end of year 2). As ACE and
-Spherical DYffusion do with their forcing fields, the networks get channels computed from the valid
-time :math:`t` of their input state (POSIX seconds, UTC), appended like the
-static fields:
+sees only the state must guess the season from it, and in a free run it can
+lose the thread: without a time input, the 9-year DYffusion forecaster's
+hemispheric z500 contrast on the planet (whose equilibrium layer depth follows
+a seasonal cycle) grew through the second half of its first year to 4.6x the
+planet's seasonal extreme by the end of year 2. Forcings make the season
+known; whether a network learns to follow it is a matter of training (README,
+"Long runs"). As ACE and Spherical DYffusion do with their forcing fields,
+the networks get channels computed from the valid time :math:`t` of their
+input state (POSIX seconds, UTC), appended like the static fields:
 
 - ``year_progress`` (2 channels, uniform on the sphere):
   :math:`\cos 2\pi p_y,\ \sin 2\pi p_y` with
