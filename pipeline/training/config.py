@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from models.forcings import check_forcings
 from pipeline.config_base import StrictModel
 
 DYFFUSION_STAGES = ("interpolator", "forecaster")
@@ -128,7 +127,10 @@ class ModelConfig(StrictModel):
     @field_validator("forcings")
     @classmethod
     def _distinct_forcings(cls, value: list[str]) -> list[str]:
-        check_forcings(value)
+        # checked here rather than with models.forcings: loading a config must not import torch
+        # (Dask workers load configs; torch adds ~0.5 GiB to each one's memory)
+        if len(set(value)) != len(value):
+            raise ValueError(f"forcings repeated: {value}")
         return value
 
     @model_validator(mode="before")
