@@ -145,17 +145,20 @@ class ClimateSums:
     (total and per year), and the annual harmonic of the hemispheric z500 contrast.
 
     The contrast is :math:`H(t) = \langle z500\,\sin\phi \rangle` (area mean; positive when the
-    northern hemisphere's layer is deeper, i.e. its summer); its annual harmonic
-    :math:`H(t) \approx \bar H + A \cos(2\pi p_y(t) - \theta)` (:math:`p_y` the year progress of
-    :mod:`models.forcings`) is fitted by projection, :math:`A e^{i\theta} = \frac{2}{N}\sum_n H_n e^{2\pi i p_y(t_n)}`;
-    :meth:`seasonal_cycle` gives the amplitude :math:`A` and the day of the year of the northern maximum.
+    northern hemisphere's layer is deeper, i.e. its summer). The model
+    :math:`H(t) \approx a + b\,t + c \cos 2\pi p_y(t) + s \sin 2\pi p_y(t)` (:math:`t` in years,
+    :math:`p_y` the year progress of :mod:`models.forcings`) is fitted by least squares from running
+    normal equations, so a drifting run's trend does not leak into the harmonic;
+    :meth:`seasonal_cycle` gives the amplitude :math:`A = \sqrt{c^2 + s^2}`, the day of the year of
+    the northern maximum (:math:`\arg(c + i s)`) and the trend :math:`b`.
     """
 
     def __init__(self, channels: tuple[str, ...], grid: Grid) -> None:
         self.channels = channels
         self.weights = torch.as_tensor(latitude_weights(grid.latitudes) / grid.nlat, dtype=torch.float64)
         self.hemispheric = self.weights * torch.sin(torch.deg2rad(torch.as_tensor(grid.latitudes, dtype=torch.float64)))
-        self.annual = torch.zeros(2, dtype=torch.float64)
+        self.normal_matrix = torch.zeros(4, 4, dtype=torch.float64)
+        self.normal_rhs = torch.zeros(4, dtype=torch.float64)
         self.zonal = torch.zeros(len(channels), grid.nlat, dtype=torch.float64)
         self.count = 0
         self.has_wind = "u500" in channels and "v500" in channels
@@ -171,8 +174,11 @@ class ClimateSums:
         self.zonal += zonal.sum(dim=0)
         if "z500" in self.channels:
             contrast = zonal[:, self.channels.index("z500")] @ self.hemispheric
-            phase = 2 * torch.pi * torch.remainder(seconds.double() - EPOCH_2000, YEAR_SECONDS) / YEAR_SECONDS
-            self.annual += torch.stack([(contrast * torch.cos(phase)).sum(), (contrast * torch.sin(phase)).sum()])
+            years = (seconds.double() - EPOCH_2000) / YEAR_SECONDS
+            phase = 2 * torch.pi * torch.remainder(years, 1.0)
+            basis = torch.stack([torch.ones_like(years), years, torch.cos(phase), torch.sin(phase)], dim=1)
+            self.normal_matrix += basis.T @ basis
+            self.normal_rhs += basis.T @ contrast
         self._global_since += (zonal @ self.weights).sum(dim=0)
         self.count += states.shape[0]
         self._count_since += states.shape[0]
@@ -197,11 +203,12 @@ class ClimateSums:
     def kinetic_energy(self) -> float:
         return self.ke_total / self.count if self.has_wind and self.count else float("nan")
 
-    def seasonal_cycle(self) -> tuple[float, float]:
-        """Amplitude (m2 s-2) of the annual harmonic of the hemispheric z500 contrast and its day of the northern maximum."""
-        c, s = (2 * self.annual / max(self.count, 1)).tolist()
+    def seasonal_cycle(self) -> tuple[float, float, float]:
+        """Amplitude (m2 s-2) of the annual harmonic of the hemispheric z500 contrast, its day of the
+        northern maximum, and the contrast's linear trend (m2 s-2 per year)."""
+        _, trend, c, s = torch.linalg.solve(self.normal_matrix, self.normal_rhs).tolist()
         day = (np.arctan2(s, c) / (2 * np.pi)) % 1.0 * YEAR_SECONDS / 86400.0
-        return float(np.hypot(c, s)), float(day)
+        return float(np.hypot(c, s)), float(day), float(trend)
 
 
 def analysis_climate(config: MyriadConfig, channels: tuple[str, ...], grid: Grid) -> ClimateSums:
@@ -250,11 +257,12 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
             "global_mean_per_year": [year[k] for year in model.global_mean_year],
         }
     if "z500" in model.channels:
-        (amplitude, day), (amplitude_planet, day_planet) = model.seasonal_cycle(), truth.seasonal_cycle()
+        (amplitude, day, trend), (amplitude_planet, day_planet, trend_planet) = model.seasonal_cycle(), truth.seasonal_cycle()
         lag = (day - day_planet + YEAR_SECONDS / 86400.0 / 2) % (YEAR_SECONDS / 86400.0) - YEAR_SECONDS / 86400.0 / 2
         table["seasonal_cycle"] = {"z500_hemispheric_amplitude_model": amplitude, "z500_hemispheric_amplitude_planet": amplitude_planet,
                                    "amplitude_ratio": amplitude / amplitude_planet, "peak_day_of_year_model": day,
-                                   "peak_day_of_year_planet": day_planet, "phase_lag_days": lag}
+                                   "peak_day_of_year_planet": day_planet, "phase_lag_days": lag,
+                                   "trend_per_year_model": trend, "trend_per_year_planet": trend_planet}
     if model.has_wind:
         table["kinetic_energy_ratio"] = model.kinetic_energy() / truth.kinetic_energy()
         table["kinetic_energy_per_year_ratio"] = [k / truth.kinetic_energy() for k in model.ke_year]
@@ -331,7 +339,8 @@ def print_report(result: dict) -> None:
             if "seasonal_cycle" in v:
                 sc = v["seasonal_cycle"]
                 print(f"  seasonal cycle of the hemispheric z500 contrast: amplitude {sc['amplitude_ratio']:.2f}x the planet's, "
-                      f"northern maximum {sc['phase_lag_days']:+.0f} days from the planet's (day {sc['peak_day_of_year_planet']:.0f})")
+                      f"northern maximum {sc['phase_lag_days']:+.0f} days from the planet's (day {sc['peak_day_of_year_planet']:.0f}), "
+                      f"trend {sc['trend_per_year_model']:+.0f} m2 s-2 per year (planet {sc['trend_per_year_planet']:+.0f})")
 
 
 def main() -> None:

@@ -71,9 +71,10 @@ def n_forcing_channels(names: Sequence[str]) -> int:
 def posix_seconds(times: object, batch: int | None = None) -> torch.Tensor:
     """Valid times as a float64 tensor of POSIX seconds (UTC), broadcast to ``(batch,)`` when given.
 
-    Accepts a float64 or int64 tensor or an array of seconds, numpy ``datetime64`` values (scalar
-    or array), a pandas ``DatetimeIndex`` or Timestamp, or a naive (UTC) or
-    aware ``datetime``.
+    Accepts float64 or int64 seconds (tensor or array), numpy ``datetime64``
+    values (scalar or array), a naive (UTC) pandas ``DatetimeIndex`` or
+    Timestamp, or a naive (UTC) or aware ``datetime``. One time (also of
+    shape ``(1,)``) serves every batch row.
     """
     if isinstance(times, torch.Tensor):
         if times.dtype not in (torch.float64, torch.int64):
@@ -86,10 +87,13 @@ def posix_seconds(times: object, batch: int | None = None) -> torch.Tensor:
         values = np.asarray(times)
         if np.issubdtype(values.dtype, np.datetime64):
             values = values.astype("datetime64[ns]").astype(np.int64) / 1e9
+        elif np.issubdtype(values.dtype, np.floating) and values.dtype != np.float64:
+            raise ValueError(f"valid times in seconds must be float64 or int64, got {values.dtype} "
+                             "(float32 rounds times of this century to about a minute)")
         seconds = torch.as_tensor(np.asarray(values, dtype=np.float64))
     if batch is not None:
-        if seconds.ndim == 0:
-            seconds = seconds.expand(batch)
+        if seconds.numel() == 1:
+            seconds = seconds.reshape(()).expand(batch)
         elif tuple(seconds.shape) != (batch,):
             raise ValueError(f"valid times must be one time or one per batch row ({batch}), got shape {tuple(seconds.shape)}")
     return seconds

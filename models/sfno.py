@@ -301,7 +301,8 @@ class SFNO(nn.Module):
         Append sin/cos of latitude and longitude as four input channels.
     forcings
         Known forcings of the input's valid time appended as input channels
-        (:mod:`models.forcings`: ``year_progress``, ``day_progress``); a model
+        (names of :data:`models.forcings.FORCING_CHANNELS`: ``year_progress``,
+        ``day_progress``, ``toa_insolation``, ``daily_insolation``); a model
         with forcings needs ``time`` in every call.
     embed_dim, num_layers, mlp_ratio
         Width, number of blocks, MLP expansion.

@@ -29,6 +29,9 @@ def test_posix_seconds_reads_every_time_type_as_utc() -> None:
         posix_seconds(array, batch=3)
     with pytest.raises(ValueError, match="float64 or int64"):
         posix_seconds(torch.tensor([expected]))  # float32 would be off by 32 s
+    with pytest.raises(ValueError, match="float64 or int64"):
+        posix_seconds(np.array([expected], dtype=np.float32))
+    assert posix_seconds(np.array([expected]), batch=2).tolist() == [expected] * 2  # one time of shape (1,)
 
 
 def test_year_progress_is_the_phase_of_the_julian_year_from_2000() -> None:
