@@ -43,6 +43,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models.grid import latitudes, longitudes
+
 FORCING_CHANNELS: dict[str, int] = {"year_progress": 2, "day_progress": 2, "toa_insolation": 1, "daily_insolation": 1}
 """Known forcings and the input channels each adds."""
 
@@ -106,8 +108,8 @@ def _year_angle(seconds: torch.Tensor) -> torch.Tensor:
 
 def _local_day_phase(seconds: torch.Tensor, nlon: int) -> torch.Tensor:
     r""":math:`2\pi p_d` at every longitude, shape ``(B, nlon)``."""
-    longitude = torch.arange(nlon, dtype=torch.float64, device=seconds.device) / nlon
-    return 2 * torch.pi * (torch.remainder(seconds, DAY_SECONDS)[:, None] / DAY_SECONDS + longitude[None, :])
+    day_phase = 2 * torch.pi * torch.remainder(seconds, DAY_SECONDS) / DAY_SECONDS
+    return day_phase[:, None] + longitudes(nlon, seconds.device)[None, :]
 
 
 def solar_declination_and_distance(seconds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,15 +122,10 @@ def solar_declination_and_distance(seconds: torch.Tensor) -> tuple[torch.Tensor,
     return declination, distance
 
 
-def _latitudes(nlat: int, device: torch.device) -> torch.Tensor:
-    """Latitudes (rad) of the equiangular grid with poles, 90 -> -90 degrees."""
-    return torch.deg2rad(torch.linspace(90.0, -90.0, nlat, dtype=torch.float64, device=device))
-
-
 def toa_insolation(seconds: torch.Tensor, nlat: int, nlon: int) -> torch.Tensor:
     r"""Instantaneous :math:`Q/S_0`, shape ``(B, nlat, nlon)`` float64."""
     declination, distance = solar_declination_and_distance(seconds)
-    lat = _latitudes(nlat, seconds.device)
+    lat = latitudes(nlat, seconds.device)
     hour_angle = _local_day_phase(seconds, nlon) - torch.pi
     cos_zenith = (torch.sin(lat)[None, :, None] * torch.sin(declination)[:, None, None]
                   + torch.cos(lat)[None, :, None] * torch.cos(declination)[:, None, None] * torch.cos(hour_angle)[:, None, :])
@@ -138,7 +135,7 @@ def toa_insolation(seconds: torch.Tensor, nlat: int, nlon: int) -> torch.Tensor:
 def daily_insolation(seconds: torch.Tensor, nlat: int, nlon: int) -> torch.Tensor:
     r"""Daily-mean :math:`Q/S_0`, shape ``(B, nlat, nlon)`` float64 (uniform along longitude)."""
     declination, distance = solar_declination_and_distance(seconds)
-    lat = _latitudes(nlat, seconds.device)[None, :]
+    lat = latitudes(nlat, seconds.device)[None, :]
     d = declination[:, None]
     cos_lat = torch.cos(lat).clamp(min=1e-12)  # the poles: tan(lat) finite but huge, the clip below decides
     sunset = torch.arccos((-torch.sin(lat) * torch.sin(d) / (cos_lat * torch.cos(d))).clamp(-1.0, 1.0))

@@ -64,6 +64,7 @@ from torch import nn
 from torch_harmonics import InverseRealSHT, RealSHT
 
 from models.forcings import check_forcings, forcing_fields, n_forcing_channels, posix_seconds
+from models.grid import latitudes, longitudes
 from models.spectral import BandLimit, SpectralAnalysis, SpectralSynthesis
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -275,9 +276,7 @@ class SFNOBlock(nn.Module):
 
 def _position_features(nlat: int, nlon: int) -> torch.Tensor:
     """sin/cos of latitude and longitude on the equiangular grid, shape (4, nlat, nlon)."""
-    lat = torch.deg2rad(torch.linspace(90.0, -90.0, nlat, dtype=torch.float64))
-    lon = torch.deg2rad(torch.arange(nlon, dtype=torch.float64) * (360.0 / nlon))
-    lat2, lon2 = torch.meshgrid(lat, lon, indexing="ij")
+    lat2, lon2 = torch.meshgrid(latitudes(nlat), longitudes(nlon), indexing="ij")
     return torch.stack([torch.sin(lat2), torch.cos(lat2), torch.sin(lon2), torch.cos(lon2)]).float()
 
 
