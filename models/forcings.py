@@ -74,8 +74,8 @@ def posix_seconds(times: object, batch: int | None = None) -> torch.Tensor:
     """Valid times as a float64 tensor of POSIX seconds (UTC), broadcast to ``(batch,)`` when given.
 
     Accepts float64 or int64 seconds (tensor or array), numpy ``datetime64``
-    values (scalar or array), a naive (UTC) pandas ``DatetimeIndex`` or
-    Timestamp, or a naive (UTC) or aware ``datetime``. One time (also of
+    values (scalar or array), a pandas ``DatetimeIndex`` or Timestamp, or a
+    ``datetime`` (naive ones are taken as UTC, aware ones converted). One time (also of
     shape ``(1,)``) serves every batch row.
     """
     if isinstance(times, torch.Tensor):
@@ -84,6 +84,8 @@ def posix_seconds(times: object, batch: int | None = None) -> torch.Tensor:
                              "(float32 rounds times of this century to about a minute)")
         seconds = times.to(torch.float64)
     else:
+        if getattr(times, "tz", None) is not None:  # an aware pandas DatetimeIndex
+            times = times.tz_convert("UTC").tz_localize(None)
         if isinstance(times, _dt.datetime):
             times = np.datetime64(times.astimezone(_dt.timezone.utc).replace(tzinfo=None) if times.tzinfo else times, "ns")
         values = np.asarray(times)

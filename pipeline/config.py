@@ -207,6 +207,17 @@ class MyriadConfig(StrictModel):
                 raise ValueError(f"static field '{name}' is not one of {list(STATIC_CODES)}")
         return value
 
+    @model_validator(mode="after")
+    def _forcing_year_is_the_planets(self) -> "MyriadConfig":
+        # year-phase forcings follow the 365.25-day year (models.forcings.YEAR_SECONDS); on a
+        # planet with another year they would drift through its seasons
+        yearly = [name for name in (self.model.forcings if self.model else []) if name != "day_progress"]
+        if isinstance(self.source, PlanetSourceConfig) and yearly and self.source.year_days != 365.25:
+            raise ValueError(f"model.forcings {yearly} follow a 365.25-day year but source.year_days is "
+                             f"{self.source.year_days:g}: they would drift through the planet's seasons; "
+                             "use year_days 365.25 or only day_progress")
+        return self
+
     # -------------------------------------------------------------- derived paths
 
     @property

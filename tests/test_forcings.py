@@ -6,12 +6,17 @@ import datetime as dt
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from models.forcings import DAY_SECONDS, EPOCH_2000, YEAR_SECONDS, check_forcings, forcing_fields, n_forcing_channels, posix_seconds
 from models.sfno import SFNO
+from pipeline.config import config_from_dict
+from pipeline.errors import MyriadError
 from pipeline.training.config import ModelConfig
+from pipeline.training.forecast import Forecaster
+from pipeline.training.normalisation import Normalisation
 
 NLAT, NLON = 9, 16
 
@@ -32,6 +37,10 @@ def test_posix_seconds_reads_every_time_type_as_utc() -> None:
     with pytest.raises(ValueError, match="float64 or int64"):
         posix_seconds(np.array([expected], dtype=np.float32))
     assert posix_seconds(np.array([expected]), batch=2).tolist() == [expected] * 2  # one time of shape (1,)
+    aware = pd.DatetimeIndex(["2000-01-01T07:00", "2000-01-01T07:00"]).tz_localize("Europe/Berlin")
+    assert posix_seconds(aware).tolist() == [expected] * 2
+    assert posix_seconds(aware[0], batch=1).tolist() == [expected]
+    assert posix_seconds(pd.DatetimeIndex(["2000-01-01T06:00"])).tolist() == [expected]
 
 
 def test_year_progress_is_the_phase_of_the_julian_year_from_2000() -> None:
@@ -90,6 +99,28 @@ def test_forcing_names_are_checked() -> None:
         ModelConfig(forcings=["sunshine"])
     assert "forcings" not in ModelConfig().hparams(3, 0, NLAT, NLON)  # old checkpoints keep resuming
     assert ModelConfig(forcings=["year_progress"]).hparams(3, 0, NLAT, NLON)["forcings"] == ["year_progress"]
+
+
+def test_year_forcings_are_refused_on_a_planet_with_another_year() -> None:
+    base = {"run_dir": "run", "grid": {"nlat": NLAT, "nlon": NLON}, "channels": ["z500"],
+            "time": {"start": "2000-01-01T00:00", "end": "2000-02-01T00:00", "step_hours": 6}}
+    short_year = {**base, "source": {"kind": "planet", "year_days": 100}}
+    with pytest.raises(MyriadError, match=r"model.forcings \['toa_insolation'\] follow a 365.25-day year but source.year_days is 100"):
+        config_from_dict({**short_year, "model": {"forcings": ["toa_insolation", "day_progress"]}})
+    assert config_from_dict({**short_year, "model": {"forcings": ["day_progress"]}}).model.forcings == ["day_progress"]
+    assert config_from_dict({**base, "model": {"forcings": ["year_progress"]}}).source.year_days == 365.25
+
+
+def test_a_forecaster_without_a_time_step_rolls_out_a_model_without_forcings() -> None:
+    normalisation = Normalisation(("z500",), np.zeros(1), np.ones(1))
+    plain = Forecaster(SFNO(NLAT, NLON, 1, 1, embed_dim=8, num_layers=1), normalisation)
+    x = torch.randn(2, 1, NLAT, NLON)
+    timed = list(plain.rollout(x, 2, time=np.datetime64("2000-01-01T00:00")))
+    torch.testing.assert_close(torch.stack(timed), torch.stack(list(plain.rollout(x, 2))))
+    forced = Forecaster(SFNO(NLAT, NLON, 1, 1, embed_dim=8, num_layers=1, forcings=["year_progress"]), normalisation)
+    assert forced.takes_time and not plain.takes_time
+    with pytest.raises(ValueError, match="this model has forcings: a rollout with valid times needs the forecaster's step_hours"):
+        next(forced.rollout(x, 2, time=np.datetime64("2000-01-01T00:00")))
 
 
 def test_an_sfno_with_forcings_needs_the_valid_time_and_uses_it() -> None:

@@ -103,6 +103,11 @@ class Forecaster:
         return None if time is None else posix_seconds(time, batch).to(self.device)
 
     @property
+    def takes_time(self) -> bool:
+        """Whether a network of the model has forcings (and so needs valid times)."""
+        return any(getattr(module, "forcings", ()) for module in self.model.modules())
+
+    @property
     def step_seconds(self) -> float | None:
         return None if self.step_hours is None else self.step_hours * 3600.0
 
@@ -123,7 +128,9 @@ class Forecaster:
         z = z.to(self.device)
         seconds = self._seconds(time, z.shape[0])
         if seconds is not None and self.step_seconds is None:
-            raise ValueError("a rollout with valid times needs the forecaster's step_hours")
+            if self.takes_time:
+                raise ValueError("this model has forcings: a rollout with valid times needs the forecaster's step_hours")
+            seconds = None  # the model ignores valid times; nothing to advance
         own = getattr(self.model, "rollout", None)
         states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
                   else self._iterate(z, n_steps, seconds))
