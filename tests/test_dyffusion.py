@@ -28,6 +28,7 @@ from pipeline.training.dyffusion import (
     interpolator_batch,
     interpolator_loss,
     load_frozen_interpolator,
+    pushforward_window,
 )
 from pipeline.training.losses import SphericalL1, SphericalMSE, channel_weight_vector
 from pipeline.training.normalisation import Normalisation
@@ -437,3 +438,57 @@ def test_stage_loss_module_holds_only_the_trained_network() -> None:
     assert torch.isfinite(StageLoss("interpolator", DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY), mse)(w))
     with pytest.raises(ValueError, match="no frozen interpolator"):
         StageLoss("interpolator", frozen, mse, frozen)
+
+
+def test_pushforward_starts_each_sample_from_the_forecasters_own_k_chain_forecast() -> None:
+    h, chains, batch = 2, 3, 64
+    w = window(batch=batch, h=h * (chains + 1))  # state n is the constant n
+    forecaster = RecordingForecaster(a=100.0)  # F(x, 0) = x + 100: k jumps add 100 k
+    seconds = torch.full((batch,), 1000.0, dtype=torch.float64)
+    grads: list[bool] = []
+
+    def jump(x, i, time=None):
+        grads.append(torch.is_grad_enabled())
+        return forecaster(x, i, time)
+
+    sub, sub_seconds = pushforward_window(jump, w, chains, 3600.0, torch.Generator().manual_seed(0), seconds)
+    assert sub.shape == (batch, h + 1, 3, NLAT, NLON)
+    pushes = torch.round(sub[:, 0, 0, 0, 0] / 100.0).long()  # k: the start is x_t + 100 k
+    assert set(pushes.tolist()) == set(range(chains + 1))
+    torch.testing.assert_close(sub[:, 0, 0, 0, 0], 100.0 * pushes.float())
+    # the rest of the sub-window is the truth from t + k h + 1 to t + (k + 1) h, the target last
+    for n in range(1, h + 1):
+        torch.testing.assert_close(sub[:, n, 0, 0, 0], (pushes * h + n).float())
+    torch.testing.assert_close(sub_seconds, 1000.0 + pushes.double() * h * 3600.0)
+    # jump j runs on the samples pushed more than j chains, at time t + j h, with i = 0, without gradient
+    assert grads == [False] * chains
+    for j, ((x, i), time) in enumerate(zip(forecaster.calls, forecaster.times)):
+        assert len(x) == int((pushes > j).sum()) and torch.equal(i, torch.zeros(len(x)))
+        torch.testing.assert_close(time, torch.full((len(x),), 1000.0 + j * h * 3600.0, dtype=torch.float64))
+    assert torch.equal(w[:, 0, 0, 0, 0], torch.zeros(batch))  # the window itself is left as it was
+    with pytest.raises(ValueError, match=r"\(K \+ 1\) h \+ 1 states"):
+        pushforward_window(jump, window(h=4), 2, 3600.0)
+
+
+def test_stage_loss_with_pushforward_scores_the_pushed_sub_window() -> None:
+    torch.manual_seed(0)
+    h, chains = 2, 2
+    w = torch.randn(3, h * (chains + 1) + 1, 3, NLAT, NLON)
+    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
+    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
+    l1 = SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+    stage = StageLoss("forecaster", forecaster, l1, frozen, pushforward_chains=chains, step_seconds=3600.0)
+    torch.manual_seed(5)
+    draws = torch.Generator().manual_seed(3)  # the pushes, then the forecaster batch's steps
+    sub, _ = pushforward_window(forecaster, w, chains, 3600.0, draws)
+    expected = forecaster_loss(forecaster, sub, frozen, l1, draws)
+    torch.manual_seed(5)
+    loss = stage(w, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert forecaster.net.encoder.weight.grad is not None
+    for bad in ({"pushforward_chains": 1}, {"pushforward_chains": 1, "step_seconds": 3600.0, "stage": "interpolator"}):
+        stage_name = bad.pop("stage", "forecaster")
+        with pytest.raises(ValueError, match="pushforward is for the forecaster stage"):
+            StageLoss(stage_name, forecaster, l1, None, **bad)
+

@@ -134,6 +134,27 @@ def test_forecaster_stage_without_a_fitting_interpolator_is_refused_before_train
         plan_training(sfno, tmp_path / "sfno.yaml", stage="interpolator")
 
 
+def test_a_forecaster_trains_on_its_own_pushed_forward_states(run: dict, tmp_path: Path) -> None:
+    interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
+    pushed = {**DYFFUSION, "name": "pushed", "dyffusion": {
+        **DYFFUSION["dyffusion"], "pushforward_chains": 2, "interpolator_checkpoint": str(interpolator)}}
+    config = load_config(write(run, tmp_path / "pushed.yaml", model=pushed))
+    trainer = Trainer(config, 0, SINGLE, "forecaster")
+    assert trainer.dataset.max_targets == 6  # (K + 1) h: windows reach the target of the second pushed chain
+    assert trainer.objective.pushforward_chains == 2 and trainer.objective.step_seconds == 6 * 3600.0
+    windows, _ = next(iter(trainer.loader))
+    assert windows.shape[1] == 7
+    result = trainer.fit()
+    assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+    # pushforward is how the network was trained, not what it is: its checkpoint loads as any forecaster
+    model, info = load_checkpoint(result.directory / LAST)
+    assert isinstance(model, DYffusion) and "pushforward_chains" not in info.hparams
+    interpolator_trainer = Trainer(config, 0, SINGLE, "interpolator")
+    assert interpolator_trainer.dataset.max_targets == 2  # the interpolator stage ignores pushforward
+    with pytest.raises(MyriadError, match="pushforward_chains"):
+        load_config(write(run, tmp_path / "bad.yaml", model={**pushed, "dyffusion": {"pushforward_chains": -1}}))
+
+
 @pytest.mark.slow
 def test_the_cli_trains_both_stages_in_order_on_two_gloo_ranks(run: dict, tmp_path: Path, cli_env: dict[str, str]) -> None:
     config = write(run, tmp_path / "cli.yaml", model={**DYFFUSION, "name": "cli"},

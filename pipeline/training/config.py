@@ -43,6 +43,11 @@ class DYffusionConfig(StrictModel):
     forecaster_dropout: float = Field(0.0, ge=0, lt=1)
     time_scale: float = Field(100.0, gt=0)
     """Multiplier of the time input i = s/h before its sinusoidal embedding."""
+    pushforward_chains: int = Field(0, ge=0)
+    """Forecaster stage: K > 0 starts each training sample k chains (k uniform in 0..K) into
+    its window, from the forecaster's own k-chain forecast of that state (no gradient) instead
+    of the truth, so it learns to pull its own drifted states back (pushforward training;
+    windows span (K + 1) h steps). 0 = the paper's stage, started from the truth."""
 
     @field_validator("horizon")
     @classmethod

@@ -22,6 +22,17 @@ Networks with forcings (``model.forcings``) get the valid time of
 :math:`x_t` (the window's start) in both stages, as the sampler gives them
 the chain's start time.
 
+Pushforward (``model.dyffusion.pushforward_chains`` :math:`K > 0`, forecaster
+stage): windows span :math:`(K + 1) h` steps; each sample draws :math:`k`
+uniform in :math:`0 \ldots K`, replaces the truth :math:`x_{t+kh}` by the
+forecaster's own forecast of it, :math:`\hat x_{t+kh} = F^{k}(x_t)` with
+:math:`F(x) = F(x, 0)` (one chain's jump, no gradient), and trains on the
+sub-window :math:`(\hat x_{t+kh}, x_{t+kh+1}, \ldots, x_{t+(k+1)h})` as
+above. Free runs leave the states the training data cover; this shows the
+forecaster its own drifted states with the truth as target, the pushforward
+trick of Brandstetter et al. (2022) at the cost of :math:`k` extra forward
+passes.
+
 :func:`check_interpolator` validates the forecaster stage's interpolator
 checkpoint before any training starts; :func:`evaluate_interpolator` scores
 the interpolator stage against linear interpolation in time.
@@ -337,6 +348,53 @@ def forecaster_loss(forecaster: nn.Module, window: torch.Tensor, interpolator: n
     return loss(forecaster(inputs, i, time=seconds), target)
 
 
+def pushforward_window(forecaster: nn.Module, window: torch.Tensor, chains: int, step_seconds: float,
+                       generator: torch.Generator | None = None, seconds: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Start each sample from the forecaster's own forecast, ``k`` chains into its window.
+
+    Parameters
+    ----------
+    forecaster
+        The forecaster being trained; its jumps :math:`F(x, 0)` run without gradient.
+    window
+        ``(B, (K + 1) h + 1, C, nlat, nlon)`` with ``K = chains``.
+    chains
+        K: the most chains a sample is pushed forward (``k`` uniform in ``0 .. K``).
+    step_seconds
+        Seconds per time step (the valid time advances ``h`` steps per jump).
+    seconds
+        Valid times of the window's first states (POSIX seconds, shape ``(B,)``), for forcings.
+
+    Returns
+    -------
+    (sub_window, sub_seconds)
+        ``(B, h + 1, C, nlat, nlon)``: :math:`(F^k(x_t), x_{t+kh+1}, \ldots, x_{t+(k+1)h})`,
+        and the valid times of their first states, :math:`t + k h` (None without ``seconds``).
+    """
+    if chains < 1:
+        raise ValueError(f"pushforward needs at least one chain, got {chains}")
+    if window.ndim != 5 or (window.shape[1] - 1) % (chains + 1):
+        raise ValueError(f"a pushforward window of {chains} chains has (K + 1) h + 1 states, got shape {tuple(window.shape)}")
+    horizon = (window.shape[1] - 1) // (chains + 1)
+    batch = window.shape[0]
+    pushes = _draw(0, chains, batch, generator).to(window.device)
+    state = window[:, 0].clone()
+    with torch.no_grad():
+        for chain in range(chains):
+            moving = pushes > chain
+            if not bool(moving.any()):
+                break
+            times = seconds[moving] + chain * horizon * step_seconds if seconds is not None else None
+            start = torch.zeros(int(moving.sum()), device=window.device)
+            state[moving] = forecaster(state[moving], start, time=times).to(state.dtype)
+    index = pushes[:, None] * horizon + torch.arange(horizon + 1, device=window.device)[None, :]
+    sub_window = window[torch.arange(batch, device=window.device)[:, None], index]
+    sub_window[:, 0] = state
+    sub_seconds = seconds + pushes.to(seconds.dtype) * horizon * step_seconds if seconds is not None else None
+    return sub_window, sub_seconds
+
+
 class StageLoss(nn.Module):
     """One DYffusion stage's loss as a module, ready to wrap in DistributedDataParallel.
 
@@ -359,17 +417,26 @@ class StageLoss(nn.Module):
         :class:`pipeline.training.losses.SphericalL1` (forecaster).
     interpolator
         The frozen interpolator (forecaster stage with ``h >= 2``), see :func:`freeze_interpolator`.
+    pushforward_chains
+        Forecaster stage: K of :func:`pushforward_window` (0 = none); windows then span ``(K + 1) h`` steps.
+    step_seconds
+        Seconds per time step (needed with pushforward).
     """
 
-    def __init__(self, stage: str, network: nn.Module, loss: nn.Module, interpolator: nn.Module | None = None) -> None:
+    def __init__(self, stage: str, network: nn.Module, loss: nn.Module, interpolator: nn.Module | None = None,
+                 pushforward_chains: int = 0, step_seconds: float = 0.0) -> None:
         super().__init__()
         if stage not in DYFFUSION_STAGES:
             raise ValueError(f"stage must be one of {list(DYFFUSION_STAGES)}, got {stage!r}")
         if stage == "interpolator" and interpolator is not None:
             raise ValueError("the interpolator stage takes no frozen interpolator")
+        if pushforward_chains and (stage != "forecaster" or step_seconds <= 0):
+            raise ValueError("pushforward is for the forecaster stage and needs step_seconds > 0")
         self.stage = stage
         self.network = network
         self.loss = loss
+        self.pushforward_chains = pushforward_chains
+        self.step_seconds = step_seconds
         self._frozen = (interpolator,)  # a tuple attribute: not registered as a sub-module
 
     @property
@@ -380,4 +447,7 @@ class StageLoss(nn.Module):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         if self.stage == "interpolator":
             return interpolator_loss(self.network, window, self.loss, generator, seconds)
+        if self.pushforward_chains:
+            window, seconds = pushforward_window(self.network, window, self.pushforward_chains, self.step_seconds,
+                                                 generator, seconds)
         return forecaster_loss(self.network, window, self.interpolator, self.loss, generator, seconds)

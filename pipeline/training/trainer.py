@@ -202,8 +202,11 @@ class Trainer:
                 f"training.val_period: {len(self.val_frames)} times are too few for a {longest * self.step_hours} h lead; "
                 "lengthen it or shorten training.val_lead_hours / calibration_lead_hours"
             )
-        horizon = config.model.dyffusion.horizon if self.stage is not None else None
-        self.dataset = WindowDataset(self.train_frames, horizon or training.rollout_steps)
+        window_steps = None  # DYffusion: h, or (K + 1) h for a forecaster with K pushforward chains
+        if self.stage is not None:
+            dyf = config.model.dyffusion
+            window_steps = dyf.horizon * (1 + (dyf.pushforward_chains if self.stage == "forecaster" else 0))
+        self.dataset = WindowDataset(self.train_frames, window_steps or training.rollout_steps)
         self.climatology = climatology(self.train_frames, training.climatology_samples)
         units = self.data.tendency_ratio if training.loss_units == "tendency" else None
         self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
@@ -227,7 +230,9 @@ class Trainer:
         else:
             stage_loss = self.loss if self.stage == "interpolator" else SphericalL1(
                 grid, channel_weight_vector(self.data.channels, training.channel_weights, units, power=1)).to(ctx.device)
-            objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator)
+            pushforward = config.model.dyffusion.pushforward_chains if self.stage == "forecaster" else 0
+            objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator, pushforward,
+                                  self.step_hours * 3600.0)
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # Buffers (static fields, increment scale) are equal on every rank and never change;
@@ -237,7 +242,7 @@ class Trainer:
                 objective = DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
         self.objective = torch.compile(objective) if training.compile else objective
 
-        targets_at = training.targets_at if horizon is None else (lambda step: horizon)
+        targets_at = training.targets_at if window_steps is None else (lambda step: window_steps)
         self.sampler = WindowBatchSampler(
             len(self.dataset), training.batch_size // ctx.world_size, ctx.rank, ctx.world_size, seed, targets_at
         )
