@@ -362,7 +362,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     configs = {"sfno": load_config(args.sfno_config), "dyffusion": load_config(args.dyffusion_config)}
-    models = {name: Forecaster.from_checkpoint(first_checkpoint(c), bf16=False) for name, c in configs.items()}
+    # the cost compares both networks; the climate run needs DYffusion (its grid and start) and --climate-models
+    needed = {"dyffusion"} | (set() if args.skip_climate else set(args.climate_models)) | (set() if args.skip_cost else {"sfno"})
+    models = {name: Forecaster.from_checkpoint(first_checkpoint(configs[name]), bf16=False) for name in sorted(needed)}
     result = json.loads(args.output.read_text()) if args.output.is_file() else {}
     result.update({"benchmark": "Spherical DYffusion vs SFNO on the quickstart planet", "threads": args.threads,
                    "device": f"cpu ({platform.machine()})", "torch": str(torch.__version__),
