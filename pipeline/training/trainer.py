@@ -203,9 +203,9 @@ class Trainer:
                 "lengthen it or shorten training.val_lead_hours / calibration_lead_hours"
             )
         window_steps = None  # DYffusion: h, or (K + 1) h for a forecaster with K pushforward chains
+        pushforward = config.model.dyffusion.pushforward_chains if self.stage == "forecaster" else 0
         if self.stage is not None:
-            dyf = config.model.dyffusion
-            window_steps = dyf.horizon * (1 + (dyf.pushforward_chains if self.stage == "forecaster" else 0))
+            window_steps = config.model.dyffusion.horizon * (1 + pushforward)
         self.dataset = WindowDataset(self.train_frames, window_steps or training.rollout_steps)
         self.climatology = climatology(self.train_frames, training.climatology_samples)
         units = self.data.tendency_ratio if training.loss_units == "tendency" else None
@@ -230,7 +230,6 @@ class Trainer:
         else:
             stage_loss = self.loss if self.stage == "interpolator" else SphericalL1(
                 grid, channel_weight_vector(self.data.channels, training.channel_weights, units, power=1)).to(ctx.device)
-            pushforward = config.model.dyffusion.pushforward_chains if self.stage == "forecaster" else 0
             objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator, pushforward,
                                   self.step_hours * 3600.0)
         if ctx.distributed:
