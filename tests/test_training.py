@@ -23,6 +23,7 @@ from pipeline.data.statistics import load_statistics
 from pipeline.data.store import open_analysis
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
+from pipeline.training.averaging import WeightAverage
 from pipeline.training.calibration import load_calibration
 from pipeline.training.checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, select_checkpoint
 from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
@@ -126,6 +127,36 @@ def test_learning_rate_warms_up_then_decays_on_a_cosine_over_steps_or_time() -> 
     assert cosine_with_warmup(5, warmup=4, total=14, floor=0.1, time_fraction=0.0) == pytest.approx(values[5])
 
 
+def test_the_weight_average_follows_the_warmed_up_exponential_recursion() -> None:
+    model = torch.nn.Linear(2, 1)
+    model.register_buffer("fixed", torch.tensor([7.0]))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+    average = WeightAverage(model, decay=0.2)
+    expected = 1.0
+    for n, live in enumerate([3.0, -1.0, 5.0, 2.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(live)
+        average.update(model)
+        beta = min(0.2, (1 + n) / (10 + n))  # 2/11, then the decay itself
+        expected = beta * expected + (1 - beta) * live
+    assert average.updates == 4
+    state = average.state_dict(model)
+    torch.testing.assert_close(state["weight"], torch.full((1, 2), expected))
+    assert torch.equal(state["fixed"], model.fixed)  # buffers are the live network's
+    with pytest.raises(RuntimeError, match="inside"), average.swapped_into(model):
+        torch.testing.assert_close(model.weight, state["weight"])
+        raise RuntimeError("inside")
+    assert torch.equal(model.weight, torch.full((1, 2), 2.0))  # the live weights come back, even after an error
+    restored = WeightAverage(model, decay=0.2)
+    restored.load(state, average.updates)
+    torch.testing.assert_close(restored.state_dict(model)["weight"], state["weight"])
+    assert restored.decay_at(restored.updates + 1) == 0.2
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
 # --------------------------------------------------------------------------- a training run
 
 
@@ -162,6 +193,35 @@ def test_training_writes_self_contained_checkpoints_and_calibration(store: dict,
     again = Trainer(config, seed=0, ctx=SINGLE)
     assert again.fit().stopped_by == "already complete"
     assert again.calibrate() == calibration
+
+
+def test_with_ema_decay_checkpoints_and_validation_hold_the_averaged_weights(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "averaged", training={"max_steps": 6, "ema_decay": 0.5})
+    trainer = Trainer(config, seed=0, ctx=SINGLE)
+    trainer.fit()
+    payload = read_checkpoint(config.run_dir / "checkpoints" / "averaged" / "seed-0" / LAST)
+    assert payload["weight_average"] == {"decay": 0.5, "updates": 6}
+    live, averaged = payload["training_weights"], payload["model"]["state_dict"]
+    assert all(torch.equal(live[k], v) for k, v in trainer.model.state_dict().items())  # validation swapped them back
+    assert torch.equal(averaged["static_fields"], live["static_fields"])
+    assert max((averaged[k] - live[k]).abs().max().item() for k in live if k != "static_fields") > 1e-4
+    model, _ = load_checkpoint(config.run_dir / "checkpoints" / "averaged" / "seed-0" / LAST)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in averaged.items())  # forecasts use the average
+    assert trainer.validate().to_dict() == payload["metrics"]
+    assert trainer._score().to_dict() != payload["metrics"]  # the live weights score otherwise
+
+    # switched on for a fine-tune of a run trained without it: the average starts at the resumed weights
+    plain = config_for(store, tmp_path, "plain", training={"max_steps": 4})
+    Trainer(plain, seed=0, ctx=SINGLE).fit()
+    before = read_checkpoint(plain.run_dir / "checkpoints" / "plain" / "seed-0" / LAST)["model"]["state_dict"]
+    tuned = config_for(store, tmp_path, "plain", training={"max_steps": 5, "ema_decay": 0.999})
+    Trainer(tuned, seed=0, ctx=SINGLE).fit()
+    after = read_checkpoint(tuned.run_dir / "checkpoints" / "plain" / "seed-0" / LAST)
+    assert after["weight_average"]["updates"] == 1
+    beta = 2 / 11  # the first update's warmed-up decay
+    for name, value in after["model"]["state_dict"].items():
+        if name != "static_fields":
+            torch.testing.assert_close(value, beta * before[name] + (1 - beta) * after["training_weights"][name])
 
 
 def test_a_checkpoint_predicts_in_a_fresh_process_from_its_file_alone(store: dict, tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def run_to_end(command: list[str]) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_take_the_same_steps_as_one_process_with_the_whole_batch(store: dict, tmp_path: Path) -> None:
-    training = {"batch_size": 4, "max_steps": 6, "rollout_steps": 2, "rollout_start_step": 3, "checkpoint_every": 100}
+    training = {"batch_size": 4, "max_steps": 6, "rollout_steps": 2, "rollout_start_step": 3, "checkpoint_every": 100,
+                "ema_decay": 0.9}
     one = config_file(store, tmp_path, "one-rank", training=training)
     two = config_file(store, tmp_path, "two-ranks", training=training)
     run_to_end(run_module_command(one))
@@ -65,11 +66,14 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process_with_the_whole_batch(
     single, ddp = last_of(store, "one-rank"), last_of(store, "two-ranks")
     assert (single["world_size"], ddp["world_size"]) == (1, 2) and len(ddp["rng"]) == 2
     assert single["progress"]["step"] == ddp["progress"]["step"] == 6
-    for name, value in single["model"]["state_dict"].items():
-        torch.testing.assert_close(ddp["model"]["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for weights in ("model", "training_weights"):  # the average (what forecasts use) and the live weights
+        single_weights = single["model"]["state_dict"] if weights == "model" else single[weights]
+        ddp_weights = ddp["model"]["state_dict"] if weights == "model" else ddp[weights]
+        for name, value in single_weights.items():
+            torch.testing.assert_close(ddp_weights[name], value, rtol=1e-5, atol=1e-6, msg=f"{weights} {name}")
     torch.manual_seed(0)
     initial = build_model("sfno", **single["model"]["hparams"]).state_dict()
-    change = max((single["model"]["state_dict"][k] - v).abs().max().item() for k, v in initial.items() if k != "static_fields")
+    change = max((single["training_weights"][k] - v).abs().max().item() for k, v in initial.items() if k != "static_fields")
     assert change > 1e-3  # the six steps moved the weights far beyond the tolerance above
 
 
@@ -77,7 +81,7 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process_with_the_whole_batch(
 def test_a_run_killed_between_checkpoints_resumes_bitwise_identically(store: dict, tmp_path: Path) -> None:
     # 63 steps per epoch: the first checkpoint (step 10) lies well inside the first epoch
     training = {"batch_size": 2, "max_steps": 150, "checkpoint_every": 10, "deterministic": True, "log_every": 1000,
-                "rollout_steps": 2, "rollout_start_step": 80, "input_noise": 0.5}
+                "rollout_steps": 2, "rollout_start_step": 80, "input_noise": 0.5, "ema_decay": 0.99}
     model = {"drop_rate": 0.1}
     straight = config_file(store, tmp_path, "straight", model=model, training=training)
     killed = config_file(store, tmp_path, "killed", model=model, training=training)
@@ -96,8 +100,11 @@ def test_a_run_killed_between_checkpoints_resumes_bitwise_identically(store: dic
     run_to_end(run_module_command(killed))
     reference, resumed = last_of(store, "straight"), last_of(store, "killed")
     assert resumed["progress"]["step"] == reference["progress"]["step"] == 150
-    for name, value in reference["model"]["state_dict"].items():
+    for name, value in reference["model"]["state_dict"].items():  # the weight average
         assert torch.equal(resumed["model"]["state_dict"][name], value), name
+    for name, value in reference["training_weights"].items():
+        assert torch.equal(resumed["training_weights"][name], value), name
+    assert resumed["weight_average"] == reference["weight_average"] == {"decay": 0.99, "updates": 150}
     for key, state in reference["optimizer"]["state"].items():
         for field, value in state.items():
             assert torch.equal(torch.as_tensor(resumed["optimizer"]["state"][key][field]), torch.as_tensor(value))

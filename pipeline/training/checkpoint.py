@@ -14,6 +14,9 @@ Python values (it loads with ``weights_only=True``):
   ``rng`` (torch, CUDA, numpy and Python generator states of every rank),
   ``world_size``, ``metrics`` (latest validation), ``best_score``;
 - ``config``: the run config as JSON text;
+- with ``training.ema_decay`` only: ``model.state_dict`` holds the averaged
+  weights, ``training_weights`` the live ones the optimiser moves, and
+  ``weight_average`` (``decay``, ``updates``) the average's state;
 - DYffusion forecaster stage only: ``interpolator``, the frozen interpolator
   it was trained with (``kind``, ``hparams``, ``state_dict``, ``source``
   path), so the forecaster's file alone rebuilds the whole sampler

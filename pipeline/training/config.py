@@ -226,6 +226,10 @@ class TrainingConfig(StrictModel):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    """Keep an exponential moving average of the weights with this decay (e.g. 0.999, spanning about
+    1,000 steps; :mod:`pipeline.training.averaging`); validation, ``best.pt`` and forecasts use the
+    average. Unset: the live weights. May be switched on when resuming (the average starts there)."""
     rollout_steps: int = Field(1, ge=1)
     """Autoregressive steps per sample in the fine-tune phase (1 = none)."""
     rollout_start_step: int = Field(0, ge=0)

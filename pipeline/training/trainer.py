@@ -6,8 +6,9 @@ split evenly over the ranks; DDP averages the gradients, so ``W`` ranks with
 per-rank batch ``B / W`` take the same steps as one process with batch ``B``
 (the sampler hands the ranks interleaved slices of the same order).
 
-Exact resume: ``last.pt`` holds weights, optimiser state,
-every rank's generator states and the position in the epoch; a resumed run
+Exact resume: ``last.pt`` holds weights, optimiser state, the weight
+average (``training.ema_decay``), every rank's generator states and the
+position in the epoch; a resumed run
 rebuilds the epoch's sample order from ``(seed, epoch)``, skips the batches
 already done and continues bitwise identically on CPU (with
 ``training.deterministic`` on GPU as far as the kernels allow).
@@ -32,6 +33,7 @@ import os
 import random
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from models.registry import build_model
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time
 from pipeline.errors import MyriadError
+from pipeline.training.averaging import WeightAverage
 from pipeline.training.calibration import (
     CALIBRATION_FILE,
     Calibration,
@@ -259,7 +262,8 @@ class Trainer:
         self.directory = seed_directory(config.run_dir, config.model.checkpoint_name(self.stage), seed)
         self.progress = Progress()
         seed_everything(rank_seed(seed, ctx.rank))
-        self._resume()
+        resumed = self._resume()
+        self.average = self._weight_average(resumed)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -268,16 +272,17 @@ class Trainer:
             raise MyriadError(f"{key}: {hours} h is not a multiple of the store's time step ({self.step_hours} h)")
         return hours // self.step_hours
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict | None:
+        """Continue from ``last.pt`` if there is one (its live weights, optimiser, progress, generators); returns its payload."""
         path = self.directory / LAST
         if self.ctx.is_main and self.directory.is_dir():
             remove_stale_temporaries(self.directory)
         self.ctx.barrier()
         if not path.is_file():
-            return
+            return None
         payload = read_checkpoint(path, map_location=self.ctx.device)
         self._check_compatible(payload, path)
-        self.model.load_state_dict(payload["model"]["state_dict"])
+        self.model.load_state_dict(payload.get("training_weights", payload["model"]["state_dict"]))
         self.optimizer.load_state_dict(payload["optimizer"])
         saved = payload["progress"]
         self.progress = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
@@ -292,6 +297,21 @@ class Trainer:
         if self.ctx.is_main:
             logger.info("seed %d: resuming from %s at step %d (epoch %d, batch %d)", self.seed, path,
                         self.progress.step, self.progress.epoch, self.progress.batch_in_epoch)
+        return payload
+
+    def _weight_average(self, resumed: dict | None) -> WeightAverage | None:
+        """The EMA of the weights when ``training.ema_decay`` is set: a resumed run's average, else one
+        starting from the current weights (a fine-tune may switch averaging on)."""
+        decay = self.training.ema_decay
+        saved = (resumed or {}).get("weight_average")
+        if decay is None:
+            if saved is not None and self.ctx.is_main:
+                logger.info("seed %d: training.ema_decay is unset; the checkpoint's weight average is dropped", self.seed)
+            return None
+        average = WeightAverage(self.model, decay)
+        if saved is not None:
+            average.load(resumed["model"]["state_dict"], int(saved["updates"]))
+        return average
 
     def _check_compatible(self, payload: dict, path: Path) -> None:
         wanted = {
@@ -422,6 +442,8 @@ class Trainer:
                 self._diverged("gradient norm", float(norm))
         set_learning_rate(self.optimizer, self.learning_rate(elapsed))
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return float(flags[0]) / self.ctx.world_size, elapsed >= self._budget_seconds
 
     def learning_rate(self, elapsed: float) -> float:
@@ -449,7 +471,22 @@ class Trainer:
         Forecasts (SFNO, DYffusion forecaster through its deterministic
         sampler) at ``val_lead_hours``; the DYffusion interpolator at each
         interior step of the horizon, against linear interpolation.
+        With ``training.ema_decay`` set, the averaged weights are scored
+        (they are what the checkpoints hold for forecasts).
         """
+        with self._forecast_weights():
+            skill = self._score()
+        self.progress.last_validated_step = self.progress.step
+        if self.ctx.is_main:
+            logger.info("seed %d validation at step %d (%d initial times, RMSE in channel units):\n%s",
+                        self.seed, self.progress.step, skill.n_inits, skill.table())
+        return skill
+
+    def _forecast_weights(self) -> AbstractContextManager:
+        """The averaged weights in the model for a block, when averaging is on."""
+        return self.average.swapped_into(self.model) if self.average is not None else nullcontext()
+
+    def _score(self) -> Skill:
         self.model.eval()
         if self.stage == "interpolator":
             horizon = self.config.model.dyffusion.horizon
@@ -470,10 +507,6 @@ class Trainer:
             finally:
                 if self.interpolator is not None:
                     self.interpolator.set_mc_dropout(True)  # the forecaster stage trains on its samples
-        self.progress.last_validated_step = self.progress.step
-        if self.ctx.is_main:
-            logger.info("seed %d validation at step %d (%d initial times, RMSE in channel units):\n%s",
-                        self.seed, self.progress.step, skill.n_inits, skill.table())
         return skill
 
     def _forecast_model(self) -> nn.Module:
@@ -489,14 +522,21 @@ class Trainer:
         return [LAST]
 
     def _save(self, names: list[str], skill: Skill | None) -> None:
-        """Write checkpoint files (rank 0) with every rank's generator states; refuses non-finite weights."""
+        """Write checkpoint files (rank 0) with every rank's generator states; refuses non-finite weights.
+
+        ``model.state_dict`` holds the weights forecasts use: the average when
+        ``training.ema_decay`` is set, whose live weights go to ``training_weights``.
+        """
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self._diverged("model weights", float("nan"))
+        if self.average is not None and not self.average.is_finite():
+            self._diverged("averaged model weights", float("nan"))
         rng = self.ctx.all_gather_objects(capture_rng_state())
         if self.ctx.is_main:
             payload = {
                 "model": {"kind": self.kind, "name": self.config.model.name, "hparams": self.hparams,
-                          "state_dict": self.model.state_dict()},
+                          "state_dict": (self.average.state_dict(self.model) if self.average is not None
+                                         else self.model.state_dict())},
                 "channels": list(self.data.channels),
                 "static": list(self.data.static_names),
                 "grid": {"nlat": self.data.grid.nlat, "nlon": self.data.grid.nlon, "name": self.data.grid.name},
@@ -511,6 +551,9 @@ class Trainer:
                 "metrics": skill.to_dict() if skill is not None else {},
                 "config": self.config.model_dump_json(),
             }
+            if self.average is not None:
+                payload["training_weights"] = self.model.state_dict()
+                payload["weight_average"] = {"decay": self.average.decay, "updates": self.average.updates}
             if self.interpolator_info is not None:
                 payload["interpolator"] = {
                     "kind": self.interpolator_info.kind, "hparams": self.interpolator_info.hparams,
