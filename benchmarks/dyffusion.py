@@ -27,11 +27,18 @@ configs/dyffusion-quickstart.yaml``).
    latitude of the zonal-mean bias (also divided by the planet's
    zonal-mean RMS deviation from its global mean, a scale-free figure), and
    the ratio of time-mean kinetic energies. Any non-finite state stops the
-   run and is reported.
+   run and is reported. With ``--reference-store``, the analysis store of
+   another realisation of the same planet (another ``source.seed``: other
+   stirring, same physics), the same table for that record against the
+   planet's gives the noise floor: how far an independent stretch of the
+   planet's own weather lies from its climate.
 
     python benchmarks/dyffusion.py                                   # all three, 10 years
     python benchmarks/dyffusion.py --skip-climate                    # cost and skill only
     python benchmarks/dyffusion.py --skip-cost --skip-skill --years 1
+    myriad ingest configs/dyffusion-climate.yaml --set source.seed=1 --set run_dir=runs/climate-seed1
+    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
+        --reference-store runs/climate-seed1/analysis.zarr                # with the noise floor
 
 Prints tables and writes ``benchmarks/results/dyffusion.json`` (parts not
 run keep their previous figures).
@@ -211,12 +218,16 @@ class ClimateSums:
         return float(np.hypot(c, s)), float(day), float(trend)
 
 
-def analysis_climate(config: MyriadConfig, channels: tuple[str, ...], grid: Grid) -> ClimateSums:
-    ds = open_analysis(config.analysis_path, chunks=None)
+def analysis_climate(store: Path, channels: tuple[str, ...], grid: Grid, steps_per_year: int | None = None) -> ClimateSums:
+    """The climate sums of every time of an analysis store (``steps_per_year``: close a year every so many times)."""
+    ds = open_analysis(store, chunks=None)
     sums = ClimateSums(channels, grid)
-    for start in range(0, ds.sizes["time"], 256):
-        block = ds[list(channels)].isel(time=slice(start, start + 256)).to_array("channel").transpose("time", "channel", ...)
+    block_size = steps_per_year or 256
+    for start in range(0, ds.sizes["time"], block_size):
+        block = ds[list(channels)].isel(time=slice(start, start + block_size)).to_array("channel").transpose("time", "channel", ...)
         sums.add(torch.from_numpy(np.ascontiguousarray(block.values, dtype=np.float32)), posix_seconds(block["time"].values))
+        if steps_per_year is not None and block.sizes["time"] == steps_per_year:
+            sums.close_year()
     return sums
 
 
@@ -291,13 +302,23 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
     channels, grid, step_hours = info.channels, info.grid, info.time_step_hours
     steps_per_year = round(365.25 * 24 / step_hours)
     n_steps = round(args.years * steps_per_year)
-    truth = analysis_climate(config, channels, grid)
+    truth = analysis_climate(config.analysis_path, channels, grid)
+    interpolator = models["dyffusion"].model.interpolator
+    if args.no_sampling_dropout and interpolator is not None:
+        interpolator.set_mc_dropout(False)
     analysis = open_analysis(config.analysis_path, chunks=None)
     start = np.datetime64(config.training.val_period.start, "ns")
     x0 = torch.from_numpy(np.stack([analysis[c].sel(time=start).values for c in channels]).astype(np.float32))[None]
     out: dict = {"years": args.years, "steps": n_steps, "members": args.members, "init_time": str(start)[:16],
+                 "sampling_dropout": not args.no_sampling_dropout,
                  "planet_record": [str(analysis.time.values[0])[:10], str(analysis.time.values[-1])[:10]],
                  "planet_kinetic_energy": truth.kinetic_energy()}
+    if args.reference_store is not None:
+        reference = analysis_climate(args.reference_store, channels, grid, steps_per_year)
+        times = open_analysis(args.reference_store, chunks=None).time.values
+        out["noise_floor"] = {"store": str(args.reference_store), "record": [str(times[0])[:10], str(times[-1])[:10]],
+                              "finite": True, **bias_table(reference, truth, grid)}
+        out["noise_floor"].update(judge(out["noise_floor"]))
     for name in args.climate_models:
         clock = time.perf_counter()
         sums, finite, done = climate_run(models[name], x0, start, args.members, n_steps, steps_per_year, channels, grid,
@@ -329,8 +350,9 @@ def print_report(result: dict) -> None:
         c = result["climate"]
         for name in [k for k in c if isinstance(c[k], dict)]:
             v = c[name]
-            print(f"{name}: {c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s), "
-                  f"KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3g}, within the stated bias: {v['within_stated_bias']}")
+            run = (f"another realisation of the planet, {v['record'][0]} to {v['record'][1]}" if name == "noise_floor"
+                   else f"{c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s)")
+            print(f"{name}: {run}, KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3g}, within the stated bias: {v['within_stated_bias']}")
             for channel in result.get("channels", []):
                 b = v[channel]
                 print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
@@ -354,6 +376,10 @@ def main() -> None:
     parser.add_argument("--years", type=float, default=10.0)
     parser.add_argument("--members", type=int, default=1, help="stochastic members of the climate run")
     parser.add_argument("--climate-models", nargs="+", default=["dyffusion"], choices=["sfno", "dyffusion"])
+    parser.add_argument("--no-sampling-dropout", action="store_true",
+                        help="climate run with the interpolator's dropout off: deterministic DYffusion members")
+    parser.add_argument("--reference-store", type=Path, default=None,
+                        help="analysis.zarr of the same planet with another source.seed: the climate's noise floor")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-skill", action="store_true")
     parser.add_argument("--skip-climate", action="store_true")

@@ -487,6 +487,7 @@ class Trainer:
         return self.average.swapped_into(self.model) if self.average is not None else nullcontext()
 
     def _score(self) -> Skill:
+        """The validation skill of the weights now in the model."""
         self.model.eval()
         if self.stage == "interpolator":
             horizon = self.config.model.dyffusion.horizon
