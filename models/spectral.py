@@ -45,7 +45,7 @@ DENSE_DFT_MAX_NLON = 128
 """Longitude counts up to which the Fourier step is a matrix product instead of an FFT."""
 
 
-def _harmonic_factors(nlon: int, mmax: int) -> torch.Tensor:
+def harmonic_factors(nlon: int, mmax: int) -> torch.Tensor:
     """:math:`c_m`: 1 for the order 0 and a Nyquist order, 2 for the others (float64)."""
     factors = torch.full((mmax,), 2.0, dtype=torch.float64)
     factors[0] = 1.0
@@ -124,7 +124,7 @@ class SpectralSynthesis(_PairLayoutTransform):
         self.register_buffer("legendre", legendre.reshape(2 * self.mmax, self.lmax, self.nlat).float().contiguous(), persistent=False)
         if self.dense:
             angle = _order_angles(self.nlon, self.mmax)
-            factors = _harmonic_factors(self.nlon, self.mmax)[:, None]
+            factors = harmonic_factors(self.nlon, self.mmax)[:, None]
             idft = torch.stack([factors * torch.cos(angle), -factors * torch.sin(angle)], dim=1)  # (m, c, j)
             self.register_buffer("idft", idft.reshape(2 * self.mmax, self.nlon).float(), persistent=False)
 

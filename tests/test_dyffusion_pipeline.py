@@ -31,6 +31,7 @@ from pipeline.training.checkpoint import (
 )
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.launch import plan_training
+from pipeline.training.losses import SphericalAMSE
 from pipeline.training.trainer import Trainer
 from tests.conftest import REPO_ROOT, run_myriad
 from tests.ensemble_fixtures import SEEDS, build_run
@@ -153,6 +154,19 @@ def test_a_forecaster_trains_on_its_own_pushed_forward_states(run: dict, tmp_pat
     assert interpolator_trainer.dataset.max_targets == 2  # the interpolator stage ignores pushforward
     with pytest.raises(MyriadError, match="pushforward_chains"):
         load_config(write(run, tmp_path / "bad.yaml", model={**pushed, "dyffusion": {"pushforward_chains": -1}}))
+
+
+def test_a_forecaster_trains_with_the_adjusted_mse(run: dict, tmp_path: Path) -> None:
+    interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
+    adjusted = {**DYFFUSION, "name": "adjusted", "dyffusion": {
+        **DYFFUSION["dyffusion"], "forecaster_loss": "amse", "interpolator_checkpoint": str(interpolator)}}
+    config = load_config(write(run, tmp_path / "adjusted.yaml", model=adjusted))
+    trainer = Trainer(config, 0, SINGLE, "forecaster")
+    assert isinstance(trainer.objective.loss, SphericalAMSE)
+    result = trainer.fit()
+    assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+    with pytest.raises(MyriadError, match="forecaster_loss"):
+        load_config(write(run, tmp_path / "bad.yaml", model={**adjusted, "dyffusion": {"forecaster_loss": "l2"}}))
 
 
 @pytest.mark.slow

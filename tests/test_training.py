@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch_harmonics import InverseRealSHT
 
 from pipeline.data.statistics import load_statistics
 from pipeline.data.store import open_analysis
@@ -29,7 +30,7 @@ from pipeline.training.checkpoint import BEST, LAST, load_checkpoint, read_check
 from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.forecast import Forecaster
-from pipeline.training.losses import SphericalMSE, channel_weight_vector
+from pipeline.training.losses import SphericalAMSE, SphericalMSE, channel_weight_vector
 from pipeline.training.optim import cosine_with_warmup
 from pipeline.training.run import ERROR_PREFIX
 from pipeline.training.trainer import Trainer
@@ -113,6 +114,52 @@ def test_loss_is_the_area_weighted_channel_weighted_mean_square() -> None:
     assert loss(only_b, target).item() == pytest.approx(1.5 / 2)
     with pytest.raises(MyriadError, match="training.channel_weights.*'z500'"):
         channel_weight_vector(["a"], {"z500": 1.0})
+
+
+def band_limited(coefficients: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Fields of orthonormal SHT coefficients ``(..., L, L)`` (degree, order) on ``grid``."""
+    lmax = coefficients.shape[-1]
+    return InverseRealSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=lmax, grid="equiangular", norm="ortho")(coefficients)
+
+
+def test_the_adjusted_mse_scores_a_scale_at_its_true_amplitude_where_mse_damps_it() -> None:
+    grid, lmax = Grid(33, 64), 17
+    generator = torch.Generator().manual_seed(3)
+
+    def coefficients() -> torch.Tensor:
+        """Random (degree, order, re/im) coefficients of mean-free real fields: degree >= order >= 0, order 0 real."""
+        parts = torch.view_as_real(torch.randn(2, 2, lmax, lmax, generator=generator, dtype=torch.complex128).tril())
+        parts[..., 0, 1] = 0.0
+        parts[..., 0, :, :] = 0.0
+        return parts
+
+    # a field with the target's power at every degree and none of its phase: per degree, the real vector of
+    # (sqrt(c_m) Re, sqrt(c_m) Im) orthogonalised against the target's and rescaled to its length
+    target = coefficients()
+    weight = torch.full((lmax,), 2.0, dtype=torch.float64).sqrt()
+    weight[0] = 1.0
+    t, n = target * weight[:, None], coefficients() * weight[:, None]
+    t, n = t.flatten(-2), n.flatten(-2)
+    n = n - (n * t).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True).clamp_min(1e-300) * t
+    n = n * (t.norm(dim=-1, keepdim=True) / n.norm(dim=-1, keepdim=True).clamp_min(1e-300))
+    unrelated = n.unflatten(-1, (lmax, 2)) / weight[:, None]
+    y, z = (band_limited(torch.view_as_complex(c.contiguous()), grid).float() for c in (target, unrelated))
+
+    amse, mse = SphericalAMSE(grid, np.ones(2)), SphericalMSE(grid, np.ones(2))
+    power = mse(torch.zeros_like(y), y).item()
+    scales = [0.0, 0.5, 1.0, 1.5]
+    adjusted = [amse(s * z, y).item() for s in scales]
+    squared = [mse(s * z, y).item() for s in scales]
+    assert min(squared) == squared[0]  # MSE: damping an unplaceable scale to nothing is best
+    assert min(adjusted) == adjusted[2] == pytest.approx(2 * power, rel=1e-3)  # AMSE: its true amplitude is
+    assert adjusted[0] == pytest.approx(3 * power, rel=1e-3)
+    assert all(a >= s * (1 - 1e-3) for a, s in zip(adjusted, squared))
+    shifted = torch.roll(y, 7, dims=-1)  # same spectrum, other phases: AMSE is MSE
+    assert amse(shifted, y).item() == pytest.approx(mse(shifted, y).item(), rel=1e-3)
+    assert amse(y, y).item() == pytest.approx(0.0, abs=1e-6)
+    prediction = torch.zeros_like(y, requires_grad=True)
+    amse(prediction, y).backward()
+    assert torch.isfinite(prediction.grad).all()
 
 
 def test_learning_rate_warms_up_then_decays_on_a_cosine_over_steps_or_time() -> None:

@@ -48,6 +48,10 @@ class DYffusionConfig(StrictModel):
     its window, from the forecaster's own k-chain forecast of that state (no gradient) instead
     of the truth, so it learns to pull its own drifted states back (pushforward training;
     windows span (K + 1) h steps). 0 = the paper's stage, started from the truth."""
+    forecaster_loss: Literal["l1", "amse"] = "l1"
+    """Forecaster stage loss: ``l1`` (the paper's area-weighted absolute error) or ``amse``, the
+    adjusted MSE over spherical harmonic degrees, which does not reward damping the scales the
+    forecaster cannot place (:class:`pipeline.training.losses.SphericalAMSE`)."""
 
     @field_validator("horizon")
     @classmethod

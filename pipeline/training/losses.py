@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch_harmonics import RealSHT
 
+from models.spectral import SpectralAnalysis, harmonic_factors
 from pipeline.errors import MyriadError
 from pipeline.grid import Grid
 
@@ -86,3 +88,60 @@ class SphericalL1(SphericalMSE):
         """``sum_jk q_jk |prediction - target|``, shape (B, C), float32."""
         error = (prediction.float() - target.float()).abs()
         return (error * self.quadrature).sum(dim=(-2, -1))
+
+
+class SphericalAMSE(SphericalMSE):
+    r"""Adjusted MSE (Subich et al. 2025, "Fixing the double penalty"): squared error that does not reward damping.
+
+    With the orthonormal real SHT of prediction :math:`x` and target :math:`y`,
+    the power and cross power per total wavenumber :math:`l < L` (:math:`L =
+    (n_{lat} + 1) / 2`, the degrees the planet and the SFNO resolve),
+    :math:`P_x(l) = \frac{1}{4\pi}\sum_m c_m |x_{lm}|^2`, :math:`X(l) =
+    \frac{1}{4\pi}\sum_m c_m \mathrm{Re}(x_{lm} \bar y_{lm})` (:math:`c_0 = 1`,
+    :math:`c_{m>0} = 2`) and the coherence :math:`\rho_l = X / \sqrt{P_x P_y}`,
+    the area-weighted MSE is (Parseval)
+
+    .. math::
+
+        \sum_l (\sqrt{P_x} - \sqrt{P_y})^2 + 2 \sqrt{P_x P_y}\,(1 - \rho_l),
+
+    which a forecast lowers by damping the scales it cannot place (its
+    minimum over the amplitude of an uncorrelated scale is zero amplitude).
+    AMSE weighs the decorrelation term by :math:`\max(P_x, P_y)` instead:
+
+    .. math::
+
+        \mathrm{AMSE} = \sum_l (\sqrt{P_x} - \sqrt{P_y})^2 + 2 \max(P_x, P_y)\,(1 - \rho_l),
+
+    so each scale's best amplitude is the target's whatever its coherence;
+    AMSE >= MSE, equal where the spectra agree. Channel weights as for
+    :class:`SphericalMSE` (``power=2``). Degrees :math:`l \ge L` do not enter.
+    """
+
+    EPSILON = 1e-12
+    """Floor of the powers under square roots and in the coherence's denominator (finite gradients at zero)."""
+
+    def __init__(self, grid: Grid, channel_weights: np.ndarray) -> None:
+        super().__init__(grid, channel_weights)
+        lmax = (grid.nlat + 1) // 2
+        self.analysis = SpectralAnalysis(RealSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=min(lmax, grid.nlon // 2 + 1),
+                                                 grid="equiangular", norm="ortho").float())
+        factors = harmonic_factors(grid.nlon, self.analysis.mmax) / (4.0 * torch.pi)
+        self.register_buffer("order_factors", factors.float()[:, None, None, None, None], persistent=False)
+
+    def spectra(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:math:`P_x, P_y, X` per total wavenumber, each of shape (B, C, L)."""
+        x, y = self.analysis(prediction.float()), self.analysis(target.float())  # (mmax, 2, B, C, L)
+        return self._over_orders(x * x), self._over_orders(y * y), self._over_orders(x * y)
+
+    def _over_orders(self, product: torch.Tensor) -> torch.Tensor:
+        r""":math:`\frac{1}{4\pi}\sum_m c_m` of a pair-layout product (real and imaginary parts summed)."""
+        return (product * self.order_factors).sum(dim=(0, 1))
+
+    def per_channel(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """AMSE per sample and channel, shape (B, C), float32."""
+        px, py, cross = self.spectra(prediction, target)
+        amplitude = ((px + self.EPSILON).sqrt() - (py + self.EPSILON).sqrt()).square()
+        coherence = cross / (px * py).clamp_min(self.EPSILON).sqrt()
+        decorrelation = 2.0 * torch.maximum(px, py) * (1.0 - coherence)
+        return (amplitude + decorrelation).sum(dim=-1)

@@ -83,7 +83,7 @@ from pipeline.training.dyffusion import (
     load_frozen_interpolator,
 )
 from pipeline.training.forecast import Forecaster, autocast_context
-from pipeline.training.losses import SphericalL1, SphericalMSE, channel_weight_vector
+from pipeline.training.losses import SphericalAMSE, SphericalL1, SphericalMSE, channel_weight_vector
 from pipeline.training.optim import (
     build_optimizer,
     cosine_with_warmup,
@@ -231,8 +231,7 @@ class Trainer:
         if self.stage is None:
             objective: nn.Module = RolloutLoss(self.model, self.loss, self.step_hours * 3600.0)
         else:
-            stage_loss = self.loss if self.stage == "interpolator" else SphericalL1(
-                grid, channel_weight_vector(self.data.channels, training.channel_weights, units, power=1)).to(ctx.device)
+            stage_loss = self.loss if self.stage == "interpolator" else self._forecaster_loss(units).to(ctx.device)
             objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator, pushforward,
                                   self.step_hours * 3600.0)
         if ctx.distributed:
@@ -266,6 +265,13 @@ class Trainer:
         self.average = self._weight_average(resumed)
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _forecaster_loss(self, units: np.ndarray | None) -> nn.Module:
+        """The DYffusion forecaster stage's loss (``model.dyffusion.forecaster_loss``)."""
+        channels, weights = self.data.channels, self.training.channel_weights
+        if self.config.model.dyffusion.forecaster_loss == "amse":
+            return SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units))
+        return SphericalL1(self.data.grid, channel_weight_vector(channels, weights, units, power=1))
 
     def _lead_steps(self, hours: int, key: str) -> int:
         if hours % self.step_hours:
