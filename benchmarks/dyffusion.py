@@ -233,13 +233,15 @@ def analysis_climate(store: Path, channels: tuple[str, ...], grid: Grid, steps_p
 
 def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, members: int, n_steps: int,
                 steps_per_year: int, channels: tuple[str, ...], grid: Grid,
-                on_year: Callable[[int, float], None]) -> tuple[ClimateSums, bool, int]:
+                on_year: Callable[[int, float], None], sampling: bool = True) -> tuple[ClimateSums, bool, int]:
+    """Free rollout of ``members`` members from ``x0``; ``sampling``: each member draws its own dropout masks
+    (without, the interpolator's dropout is off and the members are identical)."""
     sums = ClimateSums(channels, grid)
     x = x0.expand(members, -1, -1, -1).contiguous()
     finite, done = True, 0
     step_seconds = forecaster.step_hours * 3600.0
     first = float(posix_seconds(valid))
-    for state in forecaster.rollout(x, n_steps, generators(members, 7), time=valid):
+    for state in forecaster.rollout(x, n_steps, generators(members, 7) if sampling else None, time=valid):
         done += 1
         if not torch.isfinite(state).all():
             finite = False
@@ -322,7 +324,8 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
     for name in args.climate_models:
         clock = time.perf_counter()
         sums, finite, done = climate_run(models[name], x0, start, args.members, n_steps, steps_per_year, channels, grid,
-                                         lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke))
+                                         lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke),
+                                         sampling=not args.no_sampling_dropout)
         out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
                      **bias_table(sums, truth, grid)}
         out[name].update(judge(out[name]))
