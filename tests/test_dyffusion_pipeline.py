@@ -158,8 +158,12 @@ def test_a_forecaster_trains_on_its_own_pushed_forward_states(run: dict, tmp_pat
 
 def test_a_forecaster_trains_with_the_adjusted_mse(run: dict, tmp_path: Path) -> None:
     interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
-    adjusted = {**DYFFUSION, "name": "adjusted", "dyffusion": {
+    adjusted = {**DYFFUSION, "name": "adjusted", "scale_factor": 2, "dyffusion": {
         **DYFFUSION["dyffusion"], "forecaster_loss": "amse", "interpolator_checkpoint": str(interpolator)}}
+    # on the data grid (scale_factor 1) the increments reach degrees the loss does not score
+    full = load_config(write(run, tmp_path / "full.yaml", model={**adjusted, "scale_factor": 1}))
+    with pytest.raises(MyriadError, match=r"forecaster_loss amse scores the spherical harmonic degrees below \d+"):
+        Trainer(full, 0, SINGLE, "forecaster")
     config = load_config(write(run, tmp_path / "adjusted.yaml", model=adjusted))
     trainer = Trainer(config, 0, SINGLE, "forecaster")
     assert isinstance(trainer.objective.loss, SphericalAMSE)

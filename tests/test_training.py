@@ -160,6 +160,14 @@ def test_the_adjusted_mse_scores_a_scale_at_its_true_amplitude_where_mse_damps_i
     prediction = torch.zeros_like(y, requires_grad=True)
     amse(prediction, y).backward()
     assert torch.isfinite(prediction.grad).all()
+    # scale-free: a field of tiny power is scored as its scaled-up copy (a perfect forecast costs nothing)
+    tiny = 1e-4
+    assert amse(tiny * y, tiny * y).item() == pytest.approx(0.0, abs=1e-12)
+    assert amse(tiny * z, tiny * y).item() / tiny**2 == pytest.approx(adjusted[2], rel=1e-4)
+    # under bf16 autocast (the trainer's on GPU) the transform stays in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = amse(0.5 * z + 0.5 * y, y)
+    torch.testing.assert_close(autocast, amse(0.5 * z + 0.5 * y, y), rtol=1e-6, atol=0.0)
 
 
 def test_learning_rate_warms_up_then_decays_on_a_cosine_over_steps_or_time() -> None:
@@ -265,6 +273,11 @@ def test_with_ema_decay_checkpoints_and_validation_hold_the_averaged_weights(sto
     Trainer(tuned, seed=0, ctx=SINGLE).fit()
     after = read_checkpoint(tuned.run_dir / "checkpoints" / "plain" / "seed-0" / LAST)
     assert after["weight_average"]["updates"] == 1
+    # switched off again: the run resumes from the live weights, not the average
+    off = config_for(store, tmp_path, "plain", training={"max_steps": 6})
+    resumed = Trainer(off, seed=0, ctx=SINGLE)
+    assert resumed.average is None
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in after["training_weights"].items())
     beta = 2 / 11  # the first update's warmed-up decay
     for name, value in after["model"]["state_dict"].items():
         if name != "static_fields":

@@ -83,6 +83,8 @@ def default_lmax(nlat: int) -> int:
 def _power_kernel(f: np.ndarray, lmax: int, descending: bool, dtype: np.dtype) -> np.ndarray:
     import torch
 
+    from models.spectral import harmonic_factors
+
     nlat, nlon = f.shape[-2:]
     lead = f.shape[:-2]
     x = np.asarray(f, dtype=np.float64).reshape((-1, nlat, nlon))
@@ -92,12 +94,7 @@ def _power_kernel(f: np.ndarray, lmax: int, descending: bool, dtype: np.dtype) -
     with torch.no_grad():
         coeffs = sht(torch.from_numpy(np.ascontiguousarray(x))).numpy()  # (rows, lmax, mmax)
     power = np.abs(coeffs) ** 2
-    mmax = power.shape[-1]
-    weight = np.full(mmax, 2.0)
-    weight[0] = 1.0
-    if nlon % 2 == 0 and mmax == nlon // 2 + 1:
-        weight[-1] = 1.0  # the Nyquist column of a real signal counts once
-    e_l = power @ weight
+    e_l = power @ harmonic_factors(nlon, power.shape[-1]).numpy()  # orders m > 0 count twice, 0 and Nyquist once
     return (e_l / (4.0 * math.pi)).reshape(lead + (lmax,)).astype(dtype, copy=False)
 
 

@@ -72,7 +72,7 @@ class WeightAverage:
 
     def is_finite(self) -> bool:
         """Whether every averaged parameter is finite."""
-        return all(bool(torch.isfinite(value).all()) for value in self.average.values())
+        return bool(torch.stack([torch.isfinite(value).all() for value in self.average.values()]).all())
 
     @contextmanager
     def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -15,7 +15,8 @@ see :mod:`models.dyffusion`):
   :math:`I(x_t, x_{t+h}, n/h)` computed without gradient and with its Monte
   Carlo dropout on (the states the sampler will feed the forecaster); the
   forecaster sees ``(input, n/h)`` and is scored against :math:`x_{t+h}` with
-  the area-weighted L1 (:class:`pipeline.training.losses.SphericalL1`). With
+  the area-weighted L1 (:class:`pipeline.training.losses.SphericalL1`), or with
+  ``forecaster_loss: amse`` the adjusted MSE (:class:`pipeline.training.losses.SphericalAMSE`). With
   :math:`h = 1` there is no interpolator and every input is :math:`x_t`.
 
 Networks with forcings (``model.forcings``) get the valid time of
@@ -339,7 +340,7 @@ def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None, gener
 
 def forecaster_loss(forecaster: nn.Module, window: torch.Tensor, interpolator: nn.Module | None, loss: nn.Module,
                     generator: torch.Generator | None = None, seconds: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1).
+    """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1 or SphericalAMSE).
 
     Both networks get the chain's start time ``seconds`` (valid time of ``x_t``), as in the sampler.
     """
@@ -414,7 +415,7 @@ class StageLoss(nn.Module):
         :class:`models.dyffusion.DYffusionForecaster` being trained.
     loss
         :class:`pipeline.training.losses.SphericalMSE` (interpolator) or
-        :class:`pipeline.training.losses.SphericalL1` (forecaster).
+        :class:`pipeline.training.losses.SphericalL1` or ``SphericalAMSE`` (forecaster).
     interpolator
         The frozen interpolator (forecaster stage with ``h >= 2``), see :func:`freeze_interpolator`.
     pushforward_chains

@@ -95,11 +95,11 @@ class SphericalAMSE(SphericalMSE):
 
     With the orthonormal real SHT of prediction :math:`x` and target :math:`y`,
     the power and cross power per total wavenumber :math:`l < L` (:math:`L =
-    (n_{lat} + 1) / 2`, the degrees the planet and the SFNO resolve),
+    \lfloor (n_{lat} + 1) / 2 \rfloor`, the degrees the planet resolves),
     :math:`P_x(l) = \frac{1}{4\pi}\sum_m c_m |x_{lm}|^2`, :math:`X(l) =
     \frac{1}{4\pi}\sum_m c_m \mathrm{Re}(x_{lm} \bar y_{lm})` (:math:`c_0 = 1`,
     :math:`c_{m>0} = 2`) and the coherence :math:`\rho_l = X / \sqrt{P_x P_y}`,
-    the area-weighted MSE is (Parseval)
+    the area-weighted MSE of fields band-limited to those degrees is (Parseval)
 
     .. math::
 
@@ -113,35 +113,46 @@ class SphericalAMSE(SphericalMSE):
 
         \mathrm{AMSE} = \sum_l (\sqrt{P_x} - \sqrt{P_y})^2 + 2 \max(P_x, P_y)\,(1 - \rho_l),
 
-    so each scale's best amplitude is the target's whatever its coherence;
+    so each scale's best amplitude is the target's whatever its coherence
+    (an uncorrelated scale costs :math:`3P_y` damped to nothing and
+    :math:`2P_y` at its true amplitude); over the degrees :math:`l < L`,
     AMSE >= MSE, equal where the spectra agree. Channel weights as for
-    :class:`SphericalMSE` (``power=2``). Degrees :math:`l \ge L` do not enter.
+    :class:`SphericalMSE` (``power=2``). Degrees :math:`l \ge L` do not enter
+    (the trainer refuses a forecaster whose increments reach them). The
+    transform and the spectra run in float32 and float64 outside any
+    autocast: in bf16 the coherence of a good forecast would be rounding noise.
     """
 
-    EPSILON = 1e-12
-    """Floor of the powers under square roots and in the coherence's denominator (finite gradients at zero)."""
+    TINY = 1e-30
+    """Absolute floor of the powers under square roots (finite gradients at zero)."""
+    RELATIVE_FLOOR = 1e-6
+    r"""The coherence's denominator is at least this fraction of :math:`\max(P_x, P_y)` (scale-free)."""
 
     def __init__(self, grid: Grid, channel_weights: np.ndarray) -> None:
         super().__init__(grid, channel_weights)
-        lmax = (grid.nlat + 1) // 2
-        self.analysis = SpectralAnalysis(RealSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=min(lmax, grid.nlon // 2 + 1),
+        self.lmax = (grid.nlat + 1) // 2
+        r""":math:`L`: degrees below it enter the loss."""
+        self.analysis = SpectralAnalysis(RealSHT(grid.nlat, grid.nlon, lmax=self.lmax, mmax=min(self.lmax, grid.nlon // 2 + 1),
                                                  grid="equiangular", norm="ortho").float())
         factors = harmonic_factors(grid.nlon, self.analysis.mmax) / (4.0 * torch.pi)
-        self.register_buffer("order_factors", factors.float()[:, None, None, None, None], persistent=False)
+        self.register_buffer("order_factors", factors, persistent=False)
 
     def spectra(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:math:`P_x, P_y, X` per total wavenumber, each of shape (B, C, L)."""
-        x, y = self.analysis(prediction.float()), self.analysis(target.float())  # (mmax, 2, B, C, L)
+        """:math:`P_x, P_y, X` per total wavenumber (float64), each of shape ``(*batch, L)``."""
+        with torch.autocast(device_type=prediction.device.type, enabled=False):
+            x, y = self.analysis(prediction.float()).double(), self.analysis(target.float()).double()  # (mmax, 2, *batch, L)
         return self._over_orders(x * x), self._over_orders(y * y), self._over_orders(x * y)
 
     def _over_orders(self, product: torch.Tensor) -> torch.Tensor:
         r""":math:`\frac{1}{4\pi}\sum_m c_m` of a pair-layout product (real and imaginary parts summed)."""
-        return (product * self.order_factors).sum(dim=(0, 1))
+        factors = self.order_factors.view(-1, *[1] * (product.ndim - 1))
+        return (product * factors).sum(dim=(0, 1))
 
     def per_channel(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """AMSE per sample and channel, shape (B, C), float32."""
         px, py, cross = self.spectra(prediction, target)
-        amplitude = ((px + self.EPSILON).sqrt() - (py + self.EPSILON).sqrt()).square()
-        coherence = cross / (px * py).clamp_min(self.EPSILON).sqrt()
-        decorrelation = 2.0 * torch.maximum(px, py) * (1.0 - coherence)
-        return (amplitude + decorrelation).sum(dim=-1)
+        larger = torch.maximum(px, py)
+        amplitude = ((px + self.TINY).sqrt() - (py + self.TINY).sqrt()).square()
+        scale = torch.maximum((px * py).clamp_min(self.TINY).sqrt(), self.RELATIVE_FLOOR * larger).clamp_min(self.TINY)
+        decorrelation = 2.0 * larger * (1.0 - cross / scale)
+        return (amplitude + decorrelation).sum(dim=-1).float()

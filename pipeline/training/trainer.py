@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 
 from models.dyffusion import DYffusion
 from models.registry import build_model
+from models.sfno import SFNO
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time
 from pipeline.errors import MyriadError
@@ -270,7 +271,16 @@ class Trainer:
         """The DYffusion forecaster stage's loss (``model.dyffusion.forecaster_loss``)."""
         channels, weights = self.data.channels, self.training.channel_weights
         if self.config.model.dyffusion.forecaster_loss == "amse":
-            return SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units))
+            loss = SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units))
+            network = next(m for m in self.model.modules() if isinstance(m, SFNO))
+            if not network.bandlimit_output or network.sht_data.lmax > loss.lmax:
+                raise MyriadError(
+                    f"model.dyffusion.forecaster_loss amse scores the spherical harmonic degrees below {loss.lmax}, "
+                    f"but this forecaster's increments reach degree {network.sht_data.lmax - 1}"
+                    f"{'' if network.bandlimit_output else ' and beyond (bandlimit_output is off)'}; "
+                    "use model.scale_factor >= 2 with bandlimit_output: true, or forecaster_loss: l1"
+                )
+            return loss
         return SphericalL1(self.data.grid, channel_weight_vector(channels, weights, units, power=1))
 
     def _lead_steps(self, hours: int, key: str) -> int:
