@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 from torch_harmonics import InverseRealSHT
 
+from models.spectral import harmonic_factors
 from pipeline.data.statistics import load_statistics
 from pipeline.data.store import open_analysis
 from pipeline.errors import MyriadError
@@ -136,8 +137,7 @@ def test_the_adjusted_mse_scores_a_scale_at_its_true_amplitude_where_mse_damps_i
     # a field with the target's power at every degree and none of its phase: per degree, the real vector of
     # (sqrt(c_m) Re, sqrt(c_m) Im) orthogonalised against the target's and rescaled to its length
     target = coefficients()
-    weight = torch.full((lmax,), 2.0, dtype=torch.float64).sqrt()
-    weight[0] = 1.0
+    weight = harmonic_factors(grid.nlon, lmax).sqrt()
     t, n = target * weight[:, None], coefficients() * weight[:, None]
     t, n = t.flatten(-2), n.flatten(-2)
     n = n - (n * t).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True).clamp_min(1e-300) * t
