@@ -28,6 +28,7 @@ from pipeline.grid import Grid
 from pipeline.training.averaging import WeightAverage
 from pipeline.training.calibration import load_calibration
 from pipeline.training.checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, select_checkpoint
+from pipeline.training.config import training_objective
 from pipeline.training.dataset import WindowBatchSampler, WindowDataset, load_frames, open_training_data, resolve_periods
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.forecast import Forecaster
@@ -282,6 +283,29 @@ def test_with_ema_decay_checkpoints_and_validation_hold_the_averaged_weights(sto
     for name, value in after["model"]["state_dict"].items():
         if name != "static_fields":
             torch.testing.assert_close(value, beta * before[name] + (1 - beta) * after["training_weights"][name])
+
+
+def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
+        store: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = config_for(store, tmp_path, "tuned", training={"max_steps": 4})
+    Trainer(config, seed=0, ctx=SINGLE).fit()
+    directory = config.run_dir / "checkpoints" / "tuned" / "seed-0"
+    best_score = read_checkpoint(directory / BEST)["progress"]["best_score"]
+    assert math.isfinite(best_score)
+    longer = config_for(store, tmp_path, "tuned", training={"max_steps": 6, "lr": 1e-4})  # schedule only
+    assert Trainer(longer, seed=0, ctx=SINGLE).progress.best_score == best_score
+    noisy = config_for(store, tmp_path, "tuned", training={"max_steps": 6, "input_noise": 0.5})
+    with caplog.at_level("INFO", logger="pipeline.training.trainer"):
+        tuned = Trainer(noisy, seed=0, ctx=SINGLE)
+    assert tuned.progress.best_score == math.inf
+    assert "input_noise 0.0 -> 0.5" in caplog.text and "best.pt is chosen again" in caplog.text
+    tuned.fit()
+    assert read_checkpoint(directory / BEST)["progress"]["step"] == 6  # the fine-tune's own best, worse or not
+    # settings an older checkpoint's config lacks take their defaults
+    legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
+    assert training_objective(legacy, "forecaster") == {
+        "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "pushforward_chains": 8,
+        "forecaster_loss": "l1"}
 
 
 def test_a_checkpoint_predicts_in_a_fresh_process_from_its_file_alone(store: dict, tmp_path: Path) -> None:

@@ -304,3 +304,32 @@ class TrainingConfig(StrictModel):
     def targets_at(self, step: int) -> int:
         """Autoregressive targets used at global ``step``."""
         return self.rollout_steps if step >= self.rollout_start_step else 1
+
+
+LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
+    None: ((TrainingConfig, ("input_noise", "loss_units", "channel_weights", "rollout_steps", "rollout_start_step")),),
+    "interpolator": ((TrainingConfig, ("input_noise", "loss_units", "channel_weights")),),
+    "forecaster": ((TrainingConfig, ("input_noise", "loss_units", "channel_weights")),
+                   (DYffusionConfig, ("pushforward_chains", "forecaster_loss"))),
+}
+"""Per stage (None: the SFNO), the settings that define the training loss (not its schedule)."""
+
+
+def training_objective(config: dict[str, Any], stage: str | None) -> dict[str, Any]:
+    """The loss-defining settings of a run (:data:`LOSS_SETTINGS`) from its config as JSON data.
+
+    ``best.pt`` is the best-validated checkpoint under one objective; a run
+    resumed with another (pushforward chains or the adjusted MSE switched on
+    for a fine-tune, say) chooses it afresh. ``config`` is
+    ``MyriadConfig.model_dump(mode="json")`` or a checkpoint's ``config``
+    parsed; a setting an older checkpoint's config lacks takes its default.
+    """
+    sections = {TrainingConfig: config.get("training") or {},
+                DYffusionConfig: (config.get("model") or {}).get("dyffusion") or {}}
+    objective: dict[str, Any] = {}
+    for schema, names in LOSS_SETTINGS[stage]:
+        section = sections[schema]
+        for name in names:
+            objective[name] = (section[name] if name in section
+                               else schema.model_fields[name].get_default(call_default_factory=True))
+    return objective

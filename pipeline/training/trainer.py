@@ -27,6 +27,7 @@ interpolator, which its checkpoints carry.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -68,6 +69,7 @@ from pipeline.training.checkpoint import (
     seed_directory,
     select_checkpoint,
 )
+from pipeline.training.config import training_objective
 from pipeline.training.dataset import (
     WindowBatchSampler,
     WindowDataset,
@@ -302,6 +304,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         saved = payload["progress"]
         self.progress = Progress(**{f.name: saved[f.name] for f in fields(Progress)})
+        self._restart_best_on_new_objective(payload, path)
         if payload["world_size"] == self.ctx.world_size:
             restore_rng_state(payload["rng"][self.ctx.rank])
         else:
@@ -314,6 +317,18 @@ class Trainer:
             logger.info("seed %d: resuming from %s at step %d (epoch %d, batch %d)", self.seed, path,
                         self.progress.step, self.progress.epoch, self.progress.batch_in_epoch)
         return payload
+
+    def _restart_best_on_new_objective(self, payload: dict, path: Path) -> None:
+        """Forget the best validation score when the resumed run trains another loss (a fine-tune)."""
+        before = training_objective(json.loads(payload["config"]), self.stage)
+        now = training_objective(self.config.model_dump(mode="json"), self.stage)
+        if before == now or not math.isfinite(self.progress.best_score):
+            return
+        self.progress.best_score = math.inf
+        if self.ctx.is_main:
+            changed = ", ".join(f"{key} {before[key]} -> {now[key]}" for key in now if before[key] != now[key])
+            logger.info("seed %d: the training loss changed since %s (%s): best.pt is chosen again from this "
+                        "run's validations", self.seed, path, changed)
 
     def _weight_average(self, resumed: dict | None) -> WeightAverage | None:
         """The EMA of the weights when ``training.ema_decay`` is set: a resumed run's average, else one
