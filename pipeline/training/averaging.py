@@ -54,11 +54,11 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Average in the live weights after one optimiser step."""
+        """Average in the live weights after one optimiser step (one fused lerp over all tensors)."""
         self.updates += 1
         beta = self.decay_at(self.updates)
-        for name, p in self._averaged(model):
-            self.average[name].lerp_(p.detach(), 1.0 - beta)
+        live = dict(self._averaged(model))
+        torch._foreach_lerp_([self.average[name] for name in live], [p.detach() for p in live.values()], 1.0 - beta)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``model``'s state dict with the averaged parameters in place of the live ones."""
