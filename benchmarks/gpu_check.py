@@ -41,9 +41,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.ensemble.launch import ensemble_command
+from pipeline.training.launch import torchrun_command
+
 SFNO_CONFIG = "configs/gpu-check.yaml"
 DYFFUSION_CONFIG = "configs/gpu-check-dyffusion.yaml"
 RUN_DIR = Path("runs/gpu-check")
+INIT_TIME = "2000-03-15T00:00"
+"""The init time of both configs' ensembles."""
 
 
 def run_step(name: str, command: list[str], out: Path, limit_s: float) -> dict:
@@ -60,12 +65,6 @@ def run_step(name: str, command: list[str], out: Path, limit_s: float) -> dict:
     wall = time.perf_counter() - start
     print(f"[{name}] rc={rc} in {wall:.0f} s", flush=True)
     return {"rc": rc, "wall_s": round(wall, 1)}
-
-
-def torchrun(config: str, *args: str) -> list[str]:
-    """One-rank torchrun of the training entry point (NCCL on a GPU)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1",
-            "--max_restarts=0", "-m", "pipeline.training.run", config, "--seed", "0", *args]
 
 
 def checkpoint_summary(directory: Path) -> dict:
@@ -122,28 +121,26 @@ def main() -> None:
     }
     minutes = args.minutes
     train_limit = 60 * minutes * 2 + 120
-    minutes_set = ["--set", f"training.max_minutes={minutes}"]
-    resumed_set = ["--set", f"training.max_minutes={2 * minutes}"]
+    first, resumed = [f"training.max_minutes={minutes}"], [f"training.max_minutes={2 * minutes}"]
     sfno_dir = RUN_DIR / "checkpoints" / "sfno" / "seed-0"
     steps = report["steps"]
 
-    steps["sfno_train"] = run_step("sfno_train", torchrun(SFNO_CONFIG, *minutes_set), out, train_limit)
+    steps["sfno_train"] = run_step("sfno_train", torchrun_command(SFNO_CONFIG, 0, 1, first), out, train_limit)
     steps["sfno_train"]["checkpoint"] = checkpoint_summary(sfno_dir)
-    steps["sfno_resume"] = run_step("sfno_resume", torchrun(SFNO_CONFIG, *resumed_set), out, train_limit)
+    steps["sfno_resume"] = run_step("sfno_resume", torchrun_command(SFNO_CONFIG, 0, 1, resumed), out, train_limit)
     steps["sfno_resume"]["checkpoint"] = checkpoint_summary(sfno_dir)
 
     for stage in ("interpolator", "forecaster"):
         name = f"dyffusion_{stage}"
-        steps[name] = run_step(name, torchrun(DYFFUSION_CONFIG, "--stage", stage, *minutes_set), out, train_limit)
+        steps[name] = run_step(name, torchrun_command(DYFFUSION_CONFIG, 0, 1, first, stage=stage), out, train_limit)
         steps[name]["checkpoint"] = checkpoint_summary(RUN_DIR / "checkpoints" / f"dyffusion-{stage}" / "seed-0")
 
-    ensemble = [sys.executable, "-m", "pipeline.ensemble.run"]
-    steps["sfno_ensemble"] = run_step("sfno_ensemble", [*ensemble, SFNO_CONFIG, "--init-index", "0", "--no-progress"],
+    steps["sfno_ensemble"] = run_step("sfno_ensemble", [*ensemble_command(SFNO_CONFIG, INIT_TIME), "--no-progress"],
                                       out, 180)
     steps["sfno_ensemble"]["store"] = ensemble_summary(RUN_DIR / "ensembles" / "gpu-check.zarr")
     steps["dyffusion_ensemble"] = run_step(
         "dyffusion_ensemble",
-        [*ensemble, DYFFUSION_CONFIG, "--init-index", "0", "--no-progress", "--set", "ensemble.compile=true"], out, 240)
+        [*ensemble_command(DYFFUSION_CONFIG, INIT_TIME, overrides=["ensemble.compile=true"]), "--no-progress"], out, 240)
     steps["dyffusion_ensemble"]["store"] = ensemble_summary(RUN_DIR / "ensembles" / "gpu-check-dyffusion.zarr")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
 

@@ -306,11 +306,11 @@ class TrainingConfig(StrictModel):
         return self.rollout_steps if step >= self.rollout_start_step else 1
 
 
+_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights"))
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
-    None: ((TrainingConfig, ("input_noise", "loss_units", "channel_weights", "rollout_steps", "rollout_start_step")),),
-    "interpolator": ((TrainingConfig, ("input_noise", "loss_units", "channel_weights")),),
-    "forecaster": ((TrainingConfig, ("input_noise", "loss_units", "channel_weights")),
-                   (DYffusionConfig, ("pushforward_chains", "forecaster_loss"))),
+    None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
+    "interpolator": (_EVERY_STAGE,),
+    "forecaster": (_EVERY_STAGE, (DYffusionConfig, ("pushforward_chains", "forecaster_loss"))),
 }
 """Per stage (None: the SFNO), the settings that define the training loss (not its schedule)."""
 
