@@ -254,6 +254,10 @@ def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, 
 
 
 def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
+    r"""Per channel: area-weighted global means, the zonal-mean RMS bias
+    :math:`\sqrt{\langle (\bar x_{model} - \bar x_{planet})^2 \rangle}` over latitude, the same over the planet's
+    zonal contrast :math:`\sqrt{\langle (\bar x_{planet} - \langle \bar x_{planet} \rangle)^2 \rangle}`, and both
+    time-mean zonal-mean profiles (on ``grid.latitudes``); then the seasonal cycle and the kinetic-energy ratios."""
     w = latitude_weights(grid.latitudes)
     m, t = model.zonal_mean(), truth.zonal_mean()
     table = {}
@@ -268,6 +272,8 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
             "zonal_mean_rms_bias": zonal_rms,
             "zonal_mean_rms_bias_relative": zonal_rms / scale if scale > 0 else float("nan"),
             "global_mean_per_year": [year[k] for year in model.global_mean_year],
+            "zonal_mean_model": m[k].tolist(),
+            "zonal_mean_planet": t[k].tolist(),
         }
     if "z500" in model.channels:
         (amplitude, day, trend), (amplitude_planet, day_planet, trend_planet) = model.seasonal_cycle(), truth.seasonal_cycle()
@@ -314,7 +320,7 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
     out: dict = {"years": args.years, "steps": n_steps, "members": args.members, "init_time": str(start)[:16],
                  "sampling_dropout": not args.no_sampling_dropout,
                  "planet_record": [str(analysis.time.values[0])[:10], str(analysis.time.values[-1])[:10]],
-                 "planet_kinetic_energy": truth.kinetic_energy()}
+                 "planet_kinetic_energy": truth.kinetic_energy(), "latitudes": [float(v) for v in grid.latitudes]}
     if args.reference_store is not None:
         reference = analysis_climate(args.reference_store, channels, grid, steps_per_year)
         times = open_analysis(args.reference_store, chunks=None).time.values
