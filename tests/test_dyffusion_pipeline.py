@@ -173,6 +173,24 @@ def test_a_forecaster_trains_with_the_adjusted_mse(run: dict, tmp_path: Path) ->
         load_config(write(run, tmp_path / "bad.yaml", model={**adjusted, "dyffusion": {"forecaster_loss": "l2"}}))
 
 
+def test_both_stages_warm_start_from_the_trained_model_with_an_appended_forcing(run: dict, tmp_path: Path) -> None:
+    forcings = [*run["model"].get("forcings", []), "daily_insolation"]  # the trained model's, then the sun
+    sunny = {**DYFFUSION, "name": "dyf-sun", "forcings": forcings}
+    training = {**run["training"], "max_steps": 2, "init_from": {"model": "dyf", "checkpoint": "last"}}
+    config = load_config(write(run, tmp_path / "sun.yaml", model=sunny, training=training))
+    Trainer(config, 0, SINGLE, "interpolator").fit()
+    forecaster = Trainer(config, 0, SINGLE, "forecaster")  # its interpolator: the warm-started dyf-sun one
+    trained, _ = load_checkpoint(Path(run["run_dir"]) / "checkpoints" / "dyf-forecaster" / "seed-0" / LAST)
+    x = torch.randn(2, len(run["channels"]), *trained.forecaster.net.static_fields.shape[-2:])
+    with torch.no_grad():
+        torch.testing.assert_close(forecaster.model.eval()(x, 0.5, time=np.datetime64("2000-12-21T00:00")),
+                                   trained.forecaster(x, 0.5, time=np.datetime64("2000-12-21T00:00")))
+    result = forecaster.fit()
+    model, info = load_checkpoint(result.directory / LAST)
+    assert info.hparams["forcings"] == forcings and list(model.interpolator.net.forcings) == forcings
+    assert result.steps == 2 and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+
+
 @pytest.mark.slow
 def test_the_cli_trains_both_stages_in_order_on_two_gloo_ranks(run: dict, tmp_path: Path, cli_env: dict[str, str]) -> None:
     config = write(run, tmp_path / "cli.yaml", model={**DYFFUSION, "name": "cli"},

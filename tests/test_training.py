@@ -308,6 +308,36 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
         "forecaster_loss": "l1"}
 
 
+def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(
+        store: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plain = config_for(store, tmp_path, "plain", training={"max_steps": 4})
+    Trainer(plain, seed=0, ctx=SINGLE).fit()
+    trained, _ = load_checkpoint(plain.run_dir / "checkpoints" / "plain" / "seed-0" / LAST)
+    sunny = config_for(store, tmp_path, "sunny", model={"forcings": ["daily_insolation"]},
+                       training={"max_steps": 2, "init_from": {"model": "plain", "checkpoint": "last"}})
+    with caplog.at_level("INFO", logger="pipeline.training.trainer"):
+        warm = Trainer(sunny, seed=0, ctx=SINGLE)
+    assert "columns for the new forcings ['daily_insolation'] start at zero" in caplog.text
+    x = torch.randn(2, len(CHANNELS), *trained.static_fields.shape[-2:])
+    with torch.no_grad():
+        torch.testing.assert_close(warm.model.eval()(x, time=np.datetime64("2000-06-21T12:00")), trained(x))
+    assert warm.progress.step == 0
+    warm.fit()
+    path = sunny.run_dir / "checkpoints" / "sunny" / "seed-0" / LAST
+    assert read_checkpoint(path)["progress"]["step"] == 2
+    shutil.rmtree(plain.run_dir / "checkpoints" / "plain")  # a run with its own last.pt resumes; init_from is not read
+    assert Trainer(sunny, seed=0, ctx=SINGLE).progress.step == 2
+
+    with pytest.raises(MyriadError, match=r"init_from: .*plain/seed-0/best.pt does not exist"):
+        Trainer(config_for(store, tmp_path, "orphan", training={"max_steps": 2, "init_from": {"model": "plain"}}),
+                seed=0, ctx=SINGLE)
+    refused = config_for(store, tmp_path, "wider", model={"embed_dim": 24},
+                         training={"max_steps": 2, "init_from": {"model": "sunny", "checkpoint": "last"}})
+    with pytest.raises(MyriadError, match=r"its forcings \['daily_insolation'\] are not the first of this config's \[\].*"
+                                          r"other model settings: embed_dim 16 \(config: 24\)"):
+        Trainer(refused, seed=0, ctx=SINGLE)
+
+
 def test_a_checkpoint_predicts_in_a_fresh_process_from_its_file_alone(store: dict, tmp_path: Path) -> None:
     config = config_for(store, tmp_path, "fresh", training={"max_steps": 4})
     trainer = Trainer(config, seed=0, ctx=SINGLE)

@@ -208,6 +208,17 @@ class PeriodConfig(StrictModel):
         return self
 
 
+class InitFromConfig(StrictModel):
+    """Start a new run from the weights of another trained model (:mod:`pipeline.training.warm_start`):
+    ``<run_dir>/checkpoints/<model>[-<stage>]/seed-<k>/<checkpoint>.pt`` of the same seed and stage."""
+
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """The trained model's ``model.name``."""
+    run_dir: Path | None = None
+    """Its run directory; default: this config's ``run_dir``."""
+    checkpoint: Literal["best", "last"] = "best"
+
+
 class TrainingConfig(StrictModel):
     """How models are trained, validated and calibrated.
 
@@ -234,6 +245,9 @@ class TrainingConfig(StrictModel):
     """Keep an exponential moving average of the weights with this decay (e.g. 0.999, spanning about
     1,000 steps; :mod:`pipeline.training.averaging`); validation, ``best.pt`` and forecasts use the
     average. Unset: the live weights. May be switched on when resuming (the average starts there)."""
+    init_from: InitFromConfig | None = None
+    """A new run's first weights (not its optimiser or schedule) from another trained model, which may
+    lack forcings this config appends; a run with its own ``last.pt`` resumes instead."""
     rollout_steps: int = Field(1, ge=1)
     """Autoregressive steps per sample in the fine-tune phase (1 = none)."""
     rollout_start_step: int = Field(0, ge=0)

@@ -93,6 +93,7 @@ from pipeline.training.optim import (
     set_learning_rate,
 )
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
+from pipeline.training.warm_start import init_checkpoint_path, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +225,8 @@ class Trainer:
                                                            grid.nlat, grid.nlon)
         seed_everything(seed)
         self.model = build_model(self.kind, **self.hparams)
+        self.directory = seed_directory(config.run_dir, config.model.checkpoint_name(self.stage), seed)
+        self._warm_start()
         self.model.set_static_fields(torch.from_numpy(self.data.static_fields()))
         if config.model.residual:
             self.model.set_increment_scale(torch.as_tensor(self.data.tendency_ratio, dtype=torch.float32))
@@ -261,7 +264,6 @@ class Trainer:
             generator=torch.Generator().manual_seed(seed),
         )
         self.optimizer = build_optimizer(self.model, training.lr, training.weight_decay)
-        self.directory = seed_directory(config.run_dir, config.model.checkpoint_name(self.stage), seed)
         self.progress = Progress()
         seed_everything(rank_seed(seed, ctx.rank))
         resumed = self._resume()
@@ -289,6 +291,18 @@ class Trainer:
         if hours % self.step_hours:
             raise MyriadError(f"{key}: {hours} h is not a multiple of the store's time step ({self.step_hours} h)")
         return hours // self.step_hours
+
+    def _warm_start(self) -> None:
+        """A new run's first weights from ``training.init_from`` (:mod:`pipeline.training.warm_start`)."""
+        if (self.directory / LAST).is_file():
+            return
+        path = init_checkpoint_path(self.config, self.stage, self.seed)
+        if path is None:
+            return
+        added = warm_start(self.model, self.kind, self.hparams, self.data, path)
+        if self.ctx.is_main:
+            logger.info("seed %d: starting from the weights of %s%s", self.seed, path,
+                        f" (the encoder's columns for the new forcings {added} start at zero)" if added else "")
 
     def _resume(self) -> dict | None:
         """Continue from ``last.pt`` if there is one (its live weights, optimiser, progress, generators); returns its payload."""
