@@ -87,13 +87,13 @@ def warm_start(model: nn.Module, kind: str, hparams: dict[str, Any], data: Analy
         problems.append("other model settings: " + ", ".join(f"{k} {info.hparams.get(k)!r} (config: {hparams.get(k)!r})" for k in others))
     if list(info.channels) != list(data.channels):
         problems.append(f"channels {list(info.channels)} (config: {list(data.channels)})")
+    elif not (np.allclose(info.normalisation.mean, data.normalisation.mean, rtol=1e-6, atol=0)
+              and np.allclose(info.normalisation.std, data.normalisation.std, rtol=1e-6, atol=0)):
+        problems.append("other normalisation statistics (its stats.nc is not this run's)")
     if list(info.static) != list(data.static_names):
         problems.append(f"static fields {list(info.static)} (config: {list(data.static_names)})")
     if (info.grid.nlat, info.grid.nlon) != (data.grid.nlat, data.grid.nlon):
         problems.append(f"grid {info.grid.nlat}x{info.grid.nlon} (config: {data.grid.nlat}x{data.grid.nlon})")
-    elif not (np.allclose(info.normalisation.mean, data.normalisation.mean, rtol=1e-6, atol=0)
-              and np.allclose(info.normalisation.std, data.normalisation.std, rtol=1e-6, atol=0)):
-        problems.append("other normalisation statistics (its stats.nc is not this run's)")
     if problems:
         raise MyriadError(f"training.init_from: checkpoint {path} cannot start this run: " + "; ".join(problems))
     model.load_state_dict(_widened(payload["model"]["state_dict"], model.state_dict(), n_forcing_channels(added), path))
