@@ -113,6 +113,10 @@ class _ConditionedSFNO(nn.Module):
         """See :meth:`models.sfno.SFNO.set_increment_scale`."""
         self.net.set_increment_scale(scale)
 
+    def set_output_std(self, std: torch.Tensor) -> None:
+        """See :meth:`models.sfno.SFNO.set_output_std`."""
+        self.net.set_output_std(std)
+
     def set_mc_dropout(self, enabled: bool = True) -> None:
         """Keep the dropout active in eval mode (see :meth:`models.sfno.SFNO.set_mc_dropout`)."""
         self.net.set_mc_dropout(enabled)

@@ -14,7 +14,10 @@ included, latitude descending, longitude from 0) to the state one step later:
 the blocks' truncation :math:`L` (``bandlimit_output``): the blocks see only
 those degrees of their input, so finer output would pile up unseen over a
 rollout (measured on the planet: grid-scale power grew 1000-fold in 60 days
-without it). The per-channel increment scale :math:`\sigma` (buffer ``increment_scale``,
+without it). Wind component pairs (``wind_pairs``) are projected together,
+as one vector field in physical units, onto the vector harmonics of the same
+truncation (:class:`models.spectral.VectorBandLimit`): the scalar projection
+of each component cannot represent a wind crossing a pole. The per-channel increment scale :math:`\sigma` (buffer ``increment_scale``,
 default 1; training sets it to each channel's typical one-step change) lets the
 decoder work in units of order one whatever the size of the tendency.
 
@@ -65,7 +68,7 @@ from torch_harmonics import InverseRealSHT, RealSHT
 
 from models.forcings import check_forcings, forcing_fields, n_forcing_channels, posix_seconds
 from models.grid import latitudes, longitudes
-from models.spectral import BandLimit, SpectralAnalysis, SpectralSynthesis
+from models.spectral import BandLimit, SpectralAnalysis, SpectralSynthesis, VectorBandLimit
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -274,6 +277,17 @@ class SFNOBlock(nn.Module):
         return skip + self.mlp(y)
 
 
+def _check_wind_pairs(pairs: Sequence[Sequence[int]], out_channels: int, bandlimit_output: bool) -> tuple[tuple[int, int], ...]:
+    """``pairs`` as int tuples; ValueError unless each is two distinct output channels, none used twice."""
+    checked = tuple(tuple(int(k) for k in pair) for pair in pairs)
+    used = [k for pair in checked for k in pair]
+    if any(len(pair) != 2 for pair in checked) or any(not 0 <= k < out_channels for k in used) or len(set(used)) != len(used):
+        raise ValueError(f"wind_pairs must be (u, v) pairs of distinct output channels below {out_channels}, got {list(pairs)}")
+    if checked and not bandlimit_output:
+        raise ValueError("wind_pairs band-limit the wind increments: they need bandlimit_output=True")
+    return checked  # type: ignore[return-value]
+
+
 def _position_features(nlat: int, nlon: int) -> torch.Tensor:
     """sin/cos of latitude and longitude on the equiangular grid, shape (4, nlat, nlon)."""
     lat2, lon2 = torch.meshgrid(latitudes(nlat), longitudes(nlon), indexing="ij")
@@ -330,6 +344,15 @@ class SFNO(nn.Module):
         truncation). The blocks see only those degrees of their input, so
         finer-scale output they cannot see again would accumulate unchecked
         over an autoregressive rollout.
+    wind_pairs
+        Output channel indices ``(u, v)`` of eastward and northward wind
+        components (:func:`pipeline.data.channels.wind_pairs`) whose
+        increments are band-limited as one vector field
+        (:class:`models.spectral.VectorBandLimit`) in physical units: the
+        decoded pair times ``increment_scale * output_std`` (buffer
+        ``output_std``, each output channel's normalisation std, set with
+        :meth:`set_output_std`; it exists only in a model with wind pairs).
+        Needs ``bandlimit_output``.
     """
 
     def __init__(
@@ -354,6 +377,7 @@ class SFNO(nn.Module):
         cond_embed_dim: int = 64,
         bandlimit_output: bool = True,
         forcings: Sequence[str] = (),
+        wind_pairs: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -370,10 +394,13 @@ class SFNO(nn.Module):
         self.conditioning = conditioning
         self.bandlimit_output = bandlimit_output
         self.forcings = check_forcings(forcings)
+        self.wind_pairs = _check_wind_pairs(wind_pairs, out_channels, bandlimit_output)
         act = _ACTIVATIONS[activation]
 
         self.register_buffer("static_fields", torch.zeros(n_static, nlat, nlon))
         self.register_buffer("increment_scale", torch.ones(out_channels))
+        if self.wind_pairs:
+            self.register_buffer("output_std", torch.ones(out_channels))
         self.register_buffer(
             "position_features",
             _position_features(nlat, nlon) if lat_lon_features else torch.zeros(0, nlat, nlon),
@@ -396,6 +423,7 @@ class SFNO(nn.Module):
         analysis_data, analysis_inner = SpectralAnalysis(self.sht_data), SpectralAnalysis(self.sht_inner)
         synthesis_data, synthesis_inner = SpectralSynthesis(self.isht_data), SpectralSynthesis(self.isht_inner)
         self.band_limit = BandLimit(self.sht_data, self.isht_data)
+        self.wind_band_limit = VectorBandLimit(nlat, nlon, modes, modes) if self.wind_pairs else None
 
         if conditioning:
             self.cond_embedding = nn.Sequential(
@@ -436,6 +464,19 @@ class SFNO(nn.Module):
             raise ValueError(f"increment scale must have shape {tuple(self.increment_scale.shape)}, got {tuple(scale.shape)}")
         with torch.no_grad():
             self.increment_scale.copy_(scale)
+
+    def set_output_std(self, std: torch.Tensor) -> None:
+        """Set each output channel's normalisation std (physical units per normalised unit), shape (out_channels,).
+
+        Only a model with ``wind_pairs`` has (and needs) it: the vector band
+        limit works on the wind increments in physical units.
+        """
+        if not self.wind_pairs:
+            raise ValueError("output_std is used only by a model with wind_pairs")
+        if tuple(std.shape) != tuple(self.output_std.shape):
+            raise ValueError(f"output std must have shape {tuple(self.output_std.shape)}, got {tuple(std.shape)}")
+        with torch.no_grad():
+            self.output_std.copy_(std)
 
     def set_mc_dropout(self, enabled: bool = True) -> None:
         """Keep dropout active in eval mode (Monte Carlo dropout) or return to the usual behaviour."""
@@ -480,7 +521,19 @@ class SFNO(nn.Module):
         delta = self.decoder(h)
         if self.bandlimit_output:
             with torch.autocast(device_type=delta.device.type, enabled=False):
-                delta = self.band_limit(delta.float())
+                delta = self._band_limited(delta.float())
         if self.residual:
             return x[:, : self.out_channels] + delta * self.increment_scale[:, None, None]
         return delta.to(x.dtype)
+
+    def _band_limited(self, delta: torch.Tensor) -> torch.Tensor:
+        """:math:`P_L` of every decoded channel, then the wind pairs' vector projection of their decoded values."""
+        limited = self.band_limit(delta)
+        if not self.wind_pairs:
+            return limited
+        unit = self.increment_scale * self.output_std  # physical size of one decoded unit
+        channels = list(limited.unbind(dim=1))
+        for i, j in self.wind_pairs:
+            u, v = self.wind_band_limit(delta[:, i] * unit[i], delta[:, j] * unit[j])
+            channels[i], channels[j] = u / unit[i], v / unit[j]
+        return torch.stack(channels, dim=1)

@@ -39,7 +39,7 @@ import math
 
 import torch
 from torch import nn
-from torch_harmonics import InverseRealSHT, RealSHT
+from torch_harmonics import InverseRealSHT, InverseRealVectorSHT, RealSHT, RealVectorSHT
 
 DENSE_DFT_MAX_NLON = 128
 """Longitude counts up to which the Fourier step is a matrix product instead of an FFT."""
@@ -162,6 +162,41 @@ class BandLimit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.synthesis.fourier(torch.bmm(self.analysis.fourier(x), self.projector), x.shape[:-2])
+
+
+class VectorBandLimit(nn.Module):
+    r"""Projection of a wind field :math:`(u, v)` onto the vector spherical harmonics of degree and order below ``lmax``/``mmax``.
+
+    A tangent field splits into a spheroidal and a toroidal part,
+    :math:`\mathbf u = \nabla\chi + \hat{\mathbf r} \times \nabla\psi`
+    (velocity potential and streamfunction); the projection keeps the degrees
+    :math:`1 \le l <` ``lmax`` and orders :math:`m <` ``mmax`` of
+    :math:`\chi` and :math:`\psi`:
+    :math:`P^{vec}_L = \mathrm{VSHT}^{-1}\,\mathrm{VSHT}` of torch-harmonics,
+    whose components are colatitude and longitude,
+    :math:`(u_\theta, u_\lambda) = (-v, u)`.
+
+    Why not the scalar projection of each component: a smooth wind crossing a
+    pole has :math:`u, v \propto \cos\lambda, \sin\lambda` on the pole
+    row (order 1, zero zonal mean), while every scalar harmonic with
+    :math:`m > 0` vanishes there, so scalar-projected components can only be
+    constant along the pole row: the wrong pattern, with a free zonal mean
+    that nothing ties to zero. Vector harmonics have exactly the order-1
+    pattern at the poles and a zero zonal mean there. Both components must be
+    in the same physical units (the projection mixes them). Runs in float32
+    with autocast disabled; inputs of shape ``(*batch, nlat, nlon)``.
+    """
+
+    def __init__(self, nlat: int, nlon: int, lmax: int, mmax: int, grid: str = "equiangular") -> None:
+        super().__init__()
+        self.vsht = RealVectorSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).float()
+        self.ivsht = InverseRealVectorSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).float()
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            colatitude_longitude = torch.stack([-v.float(), u.float()], dim=-3)
+            projected = self.ivsht(self.vsht(colatitude_longitude))
+        return projected[..., 1, :, :], -projected[..., 0, :, :]
 
 
 def pair_layout(coefficients: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import yaml
 
 from pipeline.config import INGEST_SECTIONS, load_config
 from pipeline.errors import MyriadError
+from pipeline.training.config import ModelConfig
 
 from .conftest import REPO_ROOT
 
@@ -113,3 +114,13 @@ def test_section_hash_tracks_content() -> None:
     assert a.section_hash(*INGEST_SECTIONS) == b.section_hash(*INGEST_SECTIONS)
     assert a.section_hash(*INGEST_SECTIONS) != c.section_hash(*INGEST_SECTIONS)
     assert a.section_hash("statistics") != b.section_hash("statistics")
+
+
+def test_wind_vectors_pair_the_wind_components_or_say_why_not() -> None:
+    channels = ["z500", "v500", "u850", "u500", "u10m", "v10m", "vo500"]
+    assert ModelConfig(wind_vectors=True).hparams(channels, 0, 9, 16)["wind_pairs"] == [[3, 1], [4, 5]]
+    assert "wind_pairs" not in ModelConfig().hparams(channels, 0, 9, 16)  # older checkpoints keep resuming
+    with pytest.raises(MyriadError, match=r"no eastward/northward wind pair .* \['z500', 'u850', 'vo500'\]"):
+        ModelConfig(wind_vectors=True).hparams(["z500", "u850", "vo500"], 0, 9, 16)
+    with pytest.raises(MyriadError, match="needs model.bandlimit_output: true"):
+        ModelConfig(wind_vectors=True, bandlimit_output=False).hparams(channels, 0, 9, 16)

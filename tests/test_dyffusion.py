@@ -258,7 +258,7 @@ def dyffusion_config(root: Path, **dyffusion) -> MyriadConfig:
 def write_interpolator(config: MyriadConfig, path: Path, channels=tuple(CHANNELS), horizon: int | None = None,
                        kind: str = "dyffusion_interpolator") -> Path:
     """A checkpoint file as the trainer writes one (its fields), for a tiny interpolator."""
-    kind_, hparams = config.model.stage_model("interpolator", len(channels), len(config.static), NLAT, NLON)
+    kind_, hparams = config.model.stage_model("interpolator", list(channels), len(config.static), NLAT, NLON)
     if horizon is not None:
         hparams["horizon"] = horizon
     torch.manual_seed(0)
@@ -282,14 +282,14 @@ def write_interpolator(config: MyriadConfig, path: Path, channels=tuple(CHANNELS
 def test_config_kind_dyffusion_and_bad_horizon(tmp_path: Path) -> None:
     config = dyffusion_config(tmp_path, horizon=3)
     assert config.model.name == "dyffusion" and config.model.checkpoint_name("forecaster") == "dyffusion-forecaster"
-    kind, hparams = config.model.stage_model("interpolator", 3, 1, NLAT, NLON)
+    kind, hparams = config.model.stage_model("interpolator", CHANNELS, 1, NLAT, NLON)
     assert kind == "dyffusion_interpolator" and hparams["horizon"] == 3 and hparams["drop_rate"] == 0.1
-    assert config.model.stage_model("forecaster", 3, 1, NLAT, NLON)[1]["drop_rate"] == 0.0
+    assert config.model.stage_model("forecaster", CHANNELS, 1, NLAT, NLON)[1]["drop_rate"] == 0.0
     assert dyffusion_config(tmp_path).model.dyffusion.horizon == 6
     # existing SFNO configs stay valid and unchanged
     sfno = config_from_dict(base_config(tmp_path))
     assert sfno.model.kind == "sfno" and sfno.model.dyffusion is None and sfno.model.checkpoint_name() == "sfno"
-    assert sfno.model.stage_model(None, 3, 1, NLAT, NLON) == ("sfno", sfno.model.hparams(3, 1, NLAT, NLON))
+    assert sfno.model.stage_model(None, CHANNELS, 1, NLAT, NLON) == ("sfno", sfno.model.hparams(CHANNELS, 1, NLAT, NLON))
     for bad in (0, -2):
         with pytest.raises(MyriadError, match=r"horizon h must be >= 1"):
             dyffusion_config(tmp_path, horizon=bad)

@@ -191,6 +191,28 @@ def test_both_stages_warm_start_from_the_trained_model_with_an_appended_forcing(
     assert result.steps == 2 and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
 
 
+
+def test_both_stages_warm_start_with_wind_vectors_and_their_polar_wind_increments_have_no_zonal_mean(
+        run: dict, tmp_path: Path) -> None:
+    windy = {**DYFFUSION, "name": "dyf-wind", "wind_vectors": True}
+    training = {**run["training"], "max_steps": 2, "init_from": {"model": "dyf", "checkpoint": "last"}}
+    config = load_config(write(run, tmp_path / "wind.yaml", model=windy, training=training))
+    Trainer(config, 0, SINGLE, "interpolator").fit()
+    result = Trainer(config, 0, SINGLE, "forecaster").fit()
+    model, info = load_checkpoint(result.directory / LAST)
+    u, v = info.channels.index("u500"), info.channels.index("v500")
+    assert info.hparams["wind_pairs"] == [[u, v]]
+    std = torch.as_tensor(info.normalisation.std, dtype=torch.float32)
+    for network in (model.forecaster.net, model.interpolator.net):
+        torch.testing.assert_close(network.output_std, std)  # set from the run's statistics, saved with the weights
+    x = torch.randn(2, len(info.channels), info.grid.nlat, info.grid.nlon)
+    with torch.no_grad():
+        wind = (model.forecaster(x, 0.5, time=np.datetime64("2000-12-21T00:00")) - x)[:, [u, v]] * std[[u, v], None, None]  # m s-1
+    assert float(wind.abs().max()) > 1e-3
+    assert float(wind[:, :, [0, -1]].mean(dim=-1).abs().max()) < 1e-4 * float(wind.abs().max())
+    assert result.steps == 2 and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+
+
 @pytest.mark.slow
 def test_the_cli_trains_both_stages_in_order_on_two_gloo_ranks(run: dict, tmp_path: Path, cli_env: dict[str, str]) -> None:
     config = write(run, tmp_path / "cli.yaml", model={**DYFFUSION, "name": "cli"},

@@ -97,8 +97,8 @@ def test_forcing_names_are_checked() -> None:
         ModelConfig(forcings=["year_progress", "year_progress"])
     with pytest.raises(ValueError, match="year_progress"):
         ModelConfig(forcings=["sunshine"])
-    assert "forcings" not in ModelConfig().hparams(3, 0, NLAT, NLON)  # old checkpoints keep resuming
-    assert ModelConfig(forcings=["year_progress"]).hparams(3, 0, NLAT, NLON)["forcings"] == ["year_progress"]
+    assert "forcings" not in ModelConfig().hparams(["z500", "t850", "u10m"], 0, NLAT, NLON)  # old checkpoints keep resuming
+    assert ModelConfig(forcings=["year_progress"]).hparams(["z500", "t850", "u10m"], 0, NLAT, NLON)["forcings"] == ["year_progress"]
 
 
 def test_year_forcings_are_refused_on_a_planet_with_another_year() -> None:

@@ -181,3 +181,37 @@ def test_gradients_reach_every_parameter() -> None:
     out.square().mean().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert missing == []
+
+
+def test_wind_pairs_are_band_limited_as_one_vector_field_in_physical_units() -> None:
+    """Channels (1, 2) as (u, v): their increments in physical units (decoded x increment scale x std) are fixed by
+    the vector projection and have zero zonal mean on the pole rows; channel 0 is what the scalar model gives."""
+    scalar, vector = tiny(), tiny(wind_pairs=[[1, 2]])
+    vector.load_state_dict(scalar.state_dict(), strict=False)
+    increment_scale, std = torch.tensor([0.2, 0.3, 0.1]), torch.tensor([900.0, 12.0, 7.0])
+    for model in (scalar, vector):
+        model.set_increment_scale(increment_scale)
+    vector.set_output_std(std)
+    x = torch.randn(2, 3, NLAT, NLON)
+    with torch.no_grad():
+        scalar_out, vector_out = scalar(x), vector(x)
+    torch.testing.assert_close(vector_out[:, 0], scalar_out[:, 0])
+    wind = (vector_out - x)[:, 1:] * std[1:, None, None]
+    projected_u, projected_v = vector.wind_band_limit(wind[:, 0], wind[:, 1])
+    torch.testing.assert_close(projected_u, wind[:, 0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(projected_v, wind[:, 1], rtol=0, atol=1e-4)
+    assert float(wind[:, :, [0, -1]].mean(dim=-1).abs().max()) < 1e-5
+    assert float(((scalar_out - x)[:, 1:, [0, -1]].mean(dim=-1)).abs().max()) > 1e-3  # the scalar model's is free
+    rebuilt = tiny(wind_pairs=[[1, 2]])
+    rebuilt.load_state_dict(vector.state_dict())
+    assert torch.equal(rebuilt.output_std, std)
+
+
+def test_wind_pairs_are_checked() -> None:
+    for bad in ([[1, 1]], [[0, 3]], [[0, 1], [1, 2]], [[0, 1, 2]]):
+        with pytest.raises(ValueError, match="wind_pairs must be"):
+            tiny(wind_pairs=bad)
+    with pytest.raises(ValueError, match="bandlimit_output"):
+        tiny(wind_pairs=[[1, 2]], bandlimit_output=False)
+    with pytest.raises(ValueError, match="only by a model with wind_pairs"):
+        tiny().set_output_std(torch.ones(3))

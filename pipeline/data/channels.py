@@ -126,3 +126,19 @@ def code_for_name(name: str) -> str | None:
         if name == info.era5_long or name in info.aliases:
             return info.code
     return None
+
+
+def wind_pairs(channels: list[str]) -> list[tuple[int, int]]:
+    """Indices ``(i, j)`` of each eastward wind channel and its northward partner at the same level.
+
+    ``u500`` pairs with ``v500``, ``u10m`` with ``v10m``; a component without
+    its partner is left out. In the order of the eastward components.
+    """
+    index = {name: k for k, name in enumerate(channels)}
+    pairs = []
+    for k, name in enumerate(channels):
+        partner = "v" + name[1:]
+        if (parse_channel(name).info.standard_name == "eastward_wind" and partner in index
+                and parse_channel(partner).info.standard_name == "northward_wind"):
+            pairs.append((k, index[partner]))
+    return pairs

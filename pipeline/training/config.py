@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config_base import StrictModel
+from pipeline.data.channels import wind_pairs
+from pipeline.errors import MyriadError
 
 DYFFUSION_STAGES = ("interpolator", "forecaster")
 """Training stages of Spherical DYffusion, in the order they run."""
@@ -98,14 +100,25 @@ class ModelConfig(StrictModel):
     cond_embed_dim: int = Field(64, ge=2)
     bandlimit_output: bool = True
     """Keep the predicted increment within the degrees the SFNO blocks resolve (stable rollouts)."""
+    wind_vectors: bool = False
+    """Band-limit the increments of each wind pair (``u500``/``v500``, ``u10m``/``v10m``...) as one
+    vector field (:class:`models.spectral.VectorBandLimit`) instead of two scalars, which cannot
+    represent a wind crossing a pole. Needs ``bandlimit_output`` and at least one pair."""
     forcings: list[Literal["year_progress", "day_progress", "toa_insolation", "daily_insolation"]] = Field(default_factory=list)
     """Known forcings of the valid time as input channels (:mod:`models.forcings`): ``year_progress``
     and ``day_progress`` (phases of the year and of the local solar day), ``toa_insolation`` (the sun's
     flux at the top of the atmosphere, for data with a daily cycle such as ERA5) and ``daily_insolation``
     (its daily mean, for the planet). Checkpoints carry them; forecasts pass valid times."""
 
-    def hparams(self, n_channels: int, n_static: int, nlat: int, nlon: int) -> dict[str, Any]:
-        """Keyword arguments of the model class for this run (a plain, JSON-able dict)."""
+    def hparams(self, channels: list[str], n_static: int, nlat: int, nlon: int) -> dict[str, Any]:
+        """Keyword arguments of the model class for this run (a plain, JSON-able dict).
+
+        Raises
+        ------
+        MyriadError
+            ``wind_vectors`` without a wind pair among ``channels``, or without ``bandlimit_output``.
+        """
+        n_channels = len(channels)
         return {
             "nlat": nlat,
             "nlon": nlon,
@@ -128,7 +141,16 @@ class ModelConfig(StrictModel):
             "bandlimit_output": self.bandlimit_output,
             # only when set, so checkpoints from before forcings existed still resume
             **({"forcings": list(self.forcings)} if self.forcings else {}),
+            **({"wind_pairs": [list(pair) for pair in self._wind_pairs(channels)]} if self.wind_vectors else {}),
         }
+
+    def _wind_pairs(self, channels: list[str]) -> list[tuple[int, int]]:
+        pairs = wind_pairs(channels)
+        if not pairs:
+            raise MyriadError(f"model.wind_vectors: no eastward/northward wind pair (such as u500 and v500) among the channels {channels}")
+        if not self.bandlimit_output:
+            raise MyriadError("model.wind_vectors band-limits the wind increments: it needs model.bandlimit_output: true")
+        return pairs
 
     dyffusion: DYffusionConfig | None = None
     """Spherical DYffusion settings; defaults apply with ``kind: dyffusion``."""
@@ -168,13 +190,13 @@ class ModelConfig(StrictModel):
             return self.name
         return f"{self.name}-{self._stage(stage)}"
 
-    def stage_model(self, stage: str | None, n_channels: int, n_static: int, nlat: int, nlon: int) -> tuple[str, dict[str, Any]]:
+    def stage_model(self, stage: str | None, channels: list[str], n_static: int, nlat: int, nlon: int) -> tuple[str, dict[str, Any]]:
         """Registry kind and hyper-parameters of the network a training stage builds.
 
         ``stage`` is None for ``kind: sfno`` and ``"interpolator"`` or
         ``"forecaster"`` for ``kind: dyffusion``.
         """
-        hparams = self.hparams(n_channels, n_static, nlat, nlon)
+        hparams = self.hparams(channels, n_static, nlat, nlon)
         if self.kind != "dyffusion":
             if stage is not None:
                 raise ValueError(f"training stage {stage!r} is for model.kind dyffusion (kind is {self.kind!r})")

@@ -221,7 +221,7 @@ class Trainer:
         self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
 
         grid = self.data.grid
-        self.kind, self.hparams = config.model.stage_model(self.stage, len(self.data.channels), len(self.data.static_names),
+        self.kind, self.hparams = config.model.stage_model(self.stage, list(self.data.channels), len(self.data.static_names),
                                                            grid.nlat, grid.nlon)
         seed_everything(seed)
         self.model = build_model(self.kind, **self.hparams)
@@ -230,6 +230,8 @@ class Trainer:
         self.model.set_static_fields(torch.from_numpy(self.data.static_fields()))
         if config.model.residual:
             self.model.set_increment_scale(torch.as_tensor(self.data.tendency_ratio, dtype=torch.float32))
+        if self.hparams.get("wind_pairs"):
+            self.model.set_output_std(torch.as_tensor(self.data.normalisation.std, dtype=torch.float32))
         self.model.to(ctx.device)
         self.interpolator = (load_frozen_interpolator(interpolator.path, ctx.device)
                              if interpolator is not None else None)

@@ -11,11 +11,14 @@ The checkpoint is ``<run_dir>/checkpoints/<model>[-<stage>]/seed-<k>/<best|last>
 of the same seed and (for DYffusion) the same stage. Its network must be the
 one this config builds, with the same channels, static fields, grid and
 normalisation, except that this config may **append forcings**
-(:mod:`models.forcings`). Forcings are the last input channels of the SFNO's
-1x1 encoder :math:`h = W [x; s; p; f] + b`, so the encoder weight gains
-columns for the new forcing channels, and they start at zero: the warm-started
-network computes exactly the checkpoint's function until training teaches it
-to use the new inputs.
+(:mod:`models.forcings`) and may switch **wind_vectors** on or off. Forcings
+are the last input channels of the SFNO's 1x1 encoder
+:math:`h = W [x; s; p; f] + b`, so the encoder weight gains columns for the
+new forcing channels, and they start at zero: the warm-started network
+computes exactly the checkpoint's function until training teaches it to use
+the new inputs. The wind pairs' vector band limit has no weights (its buffer
+``output_std`` comes from this run's statistics); it changes only how the
+decoded wind increments are projected.
 
 A run that already has its own ``last.pt`` resumes from it; ``init_from`` is
 then not read again.
@@ -38,6 +41,11 @@ from pipeline.training.checkpoint import checkpoint_info, read_checkpoint, seed_
 from pipeline.training.dataset import AnalysisData
 
 logger = logging.getLogger(__name__)
+
+BRIDGED_HPARAMS = ("forcings", "wind_pairs")
+"""Network settings a warm start may change (forcings only by appending)."""
+SET_BY_TRAINER = ("output_std",)
+"""Buffers the trainer fills from this run's statistics: a checkpoint need not hold them."""
 
 
 def init_checkpoint_path(config: MyriadConfig, stage: str | None, seed: int) -> Path | None:
@@ -82,7 +90,7 @@ def warm_start(model: nn.Module, kind: str, hparams: dict[str, Any], data: Analy
         problems.append(f"its forcings {old_forcings} are not the first of this config's {forcings} "
                         "(a warm start can only append forcings)")
     others = sorted(key for key in set(hparams) | set(info.hparams)
-                    if key != "forcings" and hparams.get(key) != info.hparams.get(key))
+                    if key not in BRIDGED_HPARAMS and hparams.get(key) != info.hparams.get(key))
     if others:
         problems.append("other model settings: " + ", ".join(f"{k} {info.hparams.get(k)!r} (config: {hparams.get(k)!r})" for k in others))
     if list(info.channels) != list(data.channels):
@@ -101,11 +109,16 @@ def warm_start(model: nn.Module, kind: str, hparams: dict[str, Any], data: Analy
 
 
 def _widened(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], new_columns: int, path: Path) -> dict[str, torch.Tensor]:
-    """``saved`` with each 1x1 encoder weight given ``new_columns`` zero input columns at the end, as ``fresh`` has."""
-    if set(saved) != set(fresh):
+    """``saved`` with each 1x1 encoder weight given ``new_columns`` zero input columns at the end, as ``fresh`` has.
+
+    Buffers of :data:`SET_BY_TRAINER` are taken from ``fresh`` and dropped from ``saved``.
+    """
+    trainer_set = {key for key in set(saved) | set(fresh) if key.rsplit(".", 1)[-1] in SET_BY_TRAINER}
+    saved = {key: value for key, value in saved.items() if key not in trainer_set}
+    state = {key: fresh[key] for key in trainer_set & set(fresh)}
+    if set(saved) != set(fresh) - trainer_set:
         raise MyriadError(f"training.init_from: checkpoint {path} holds other tensors than this network "
-                          f"(missing {sorted(set(fresh) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(fresh))[:3]})")
-    state = {}
+                          f"(missing {sorted(set(fresh) - trainer_set - set(saved))[:3]}, unexpected {sorted(set(saved) - set(fresh))[:3]})")
     for key, value in saved.items():
         shape = fresh[key].shape
         if value.shape != shape:
