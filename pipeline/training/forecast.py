@@ -3,11 +3,22 @@
 A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
 ``x = z * std + mean``; the ensemble stage, validation and calibration all
-go through it. A model with its own ``rollout(z, n_steps, time, step_seconds)`` (Spherical
+go through it. A model with its own ``rollout(z, n_steps, time, step_seconds, constrain)`` (Spherical
 DYffusion's cold sampler, :class:`models.dyffusion.DYffusion`, whose state
 is more than the last emitted step) is rolled out by that; ``forward`` is
 then only its first step. Valid times advance by the model's time step and
-feed a model's forcings (:mod:`models.forcings`). Rollouts take optional per-row dropout generators
+feed a model's forcings (:mod:`models.forcings`).
+
+**Non-negative channels** (precipitation, humidity, water vapour:
+:func:`pipeline.data.channels.is_non_negative`) are held at zero or above in
+every state a forecast emits, :math:`x_c \leftarrow \max(x_c, 0)`, i.e.
+:math:`z_c \leftarrow \max(z_c, -\mu_c / \sigma_c)` in normalised units
+(as ACE's corrector forces its water fields positive): a network's increment
+knows no floor, and a free run would otherwise rain negative amounts where
+it never rains. The next step starts from the clipped state; inside a
+DYffusion chain the sampler's own running state stays as computed (its
+increments telescope to the interpolator's estimate) and the chain after it
+starts from the clipped state it emitted. Rollouts take optional per-row dropout generators
 (:func:`models.sfno.dropout_generators`) for stochastic members. On CUDA the model runs under bf16 autocast (the SHT stays
 float32 inside the model) and states are kept in float32.
 
@@ -21,6 +32,7 @@ while inductor fuses the casts into the neighbouring kernels.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +41,7 @@ from torch import nn
 
 from models.forcings import posix_seconds
 from models.sfno import SFNO, dropout_generators
+from pipeline.data.channels import is_non_negative
 from pipeline.training.checkpoint import CheckpointInfo, load_checkpoint
 from pipeline.training.normalisation import Normalisation
 
@@ -50,6 +63,18 @@ def compile_networks(model: nn.Module) -> int:
     for network in networks:
         network.compile(dynamic=False)
     return len(networks)
+
+
+def non_negative_floor(normalisation: Normalisation, device: torch.device) -> torch.Tensor | None:
+    """Per-channel lower bound in normalised units, shape ``(C, 1, 1)``: ``-mean / std`` for non-negative channels, ``-inf`` else.
+
+    None when no channel is non-negative.
+    """
+    bounded = [is_non_negative(name) for name in normalisation.channels]
+    if not any(bounded):
+        return None
+    floor = [-m / s if b else -math.inf for b, m, s in zip(bounded, normalisation.mean, normalisation.std)]
+    return torch.tensor(floor, dtype=torch.float32, device=device)[:, None, None]
 
 
 class Forecaster:
@@ -82,6 +107,7 @@ class Forecaster:
         self.step_hours = step_hours
         self.model = model.to(self.device).eval()
         self.normalisation = normalisation
+        self.floor = non_negative_floor(normalisation, self.device)
         self.bf16 = bf16
         self.compiled = compile and compile_networks(self.model) > 0
         self.info: CheckpointInfo | None = None
@@ -111,11 +137,15 @@ class Forecaster:
     def step_seconds(self) -> float | None:
         return None if self.step_hours is None else self.step_hours * 3600.0
 
+    def clip(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` with each non-negative channel raised to its physical zero (``z`` itself when there is none)."""
+        return z if self.floor is None else torch.maximum(z, self.floor)
+
     @torch.no_grad()
     def step_normalised(self, z: torch.Tensor, time: object = None) -> torch.Tensor:
         """One model step in normalised units (float32 out) from ``z`` valid at ``time``."""
         with self.autocast():
-            return self.model(z.to(self.device), time=self._seconds(time, z.shape[0])).float()
+            return self.clip(self.model(z.to(self.device), time=self._seconds(time, z.shape[0])).float())
 
     @torch.no_grad()
     def rollout_normalised(self, z: torch.Tensor, n_steps: int, generators: Sequence[torch.Generator] | None = None,
@@ -132,7 +162,7 @@ class Forecaster:
                 raise ValueError("this model has forcings: a rollout with valid times needs the forecaster's step_hours")
             seconds = None  # the model ignores valid times; nothing to advance
         own = getattr(self.model, "rollout", None)
-        states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
+        states = (own(z, n_steps, seconds, self.step_seconds, constrain=self.clip) if own is not None
                   else self._iterate(z, n_steps, seconds))
         for _ in range(n_steps):
             with dropout_generators(generators), self.autocast():
@@ -141,7 +171,7 @@ class Forecaster:
 
     def _iterate(self, z: torch.Tensor, n_steps: int, seconds: torch.Tensor | None) -> Iterator[torch.Tensor]:
         for _ in range(n_steps):
-            z = self.model(z, time=seconds).float()
+            z = self.clip(self.model(z, time=seconds).float())
             if seconds is not None:
                 seconds = seconds + self.step_seconds
             yield z
