@@ -65,8 +65,6 @@ Interpolate = Callable[..., torch.Tensor]
 """``I(x_t, x_end, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
 Forecast = Callable[..., torch.Tensor]
 """``F(x_s, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
-Constrain = Callable[[torch.Tensor], torch.Tensor]
-"""A map applied to each emitted state (for example a floor at zero for precipitation)."""
 
 DEFAULT_TIME_SCALE = 100.0
 
@@ -265,16 +263,13 @@ class ColdSampler:
             yield x
 
     def rollout(self, x0: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
-                step_seconds: float | None = None, constrain: Constrain | None = None) -> Iterator[torch.Tensor]:
+                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
         """Yield ``n_steps`` successive states from ``x0``, chaining ``h``-step chains.
 
         Each chain starts from the last state of the previous one (the state
         at ``t + h``); the last chain stops after the steps still wanted.
         ``time`` (POSIX seconds of ``x0``, shape ``(B,)``) advances by ``h *
-        step_seconds`` from chain to chain. ``constrain`` (e.g. a floor at
-        zero for precipitation) applies to every emitted state, so also to
-        the next chain's start; within a chain the sampler keeps its own
-        unconstrained running state.
+        step_seconds`` from chain to chain.
         """
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
@@ -285,8 +280,6 @@ class ColdSampler:
         while remaining > 0:
             for state in self._chain(start, min(self.horizon, remaining), time):
                 remaining -= 1
-                if constrain is not None:
-                    state = constrain(state)
                 yield state
             start = state
             if time is not None:
@@ -330,6 +323,6 @@ class DYffusion(nn.Module):
         return next(self.sampler.chain(x, time))
 
     def rollout(self, x: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
-                step_seconds: float | None = None, constrain: Constrain | None = None) -> Iterator[torch.Tensor]:
+                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
         """``n_steps`` emitted states from ``x`` (see :meth:`ColdSampler.rollout`)."""
-        return self.sampler.rollout(x, n_steps, time, step_seconds, constrain)
+        return self.sampler.rollout(x, n_steps, time, step_seconds)

@@ -174,27 +174,6 @@ def test_rollout_restarts_chains_from_the_state_at_t_plus_h() -> None:
         next(ColdSampler(I, F, horizon=h).rollout(x0, n, time=t0))
 
 
-
-def test_a_constrained_rollout_emits_constrained_states_and_restarts_from_them() -> None:
-    """``constrain`` (here a floor at 1.5) maps each emitted state; the next chain starts from the mapped state,
-    while inside a chain the sampler keeps its own running state."""
-    h, n = 3, 6
-    x0 = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
-    floor = 1.5
-
-    def constrain(x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, min=floor)
-
-    F = RecordingForecaster(a=1.0, b=0.0)
-    states = list(ColdSampler(BlendInterpolator(c=0.0), F, horizon=h).rollout(x0, n, constrain=constrain))
-    first = reference_chain(x0, h, RecordingForecaster(1.0, 0.0), BlendInterpolator(0.0))  # 1/3, 7/9, 37/27
-    second = reference_chain(constrain(first[-1]), h, RecordingForecaster(1.0, 0.0), BlendInterpolator(0.0))
-    for got, want in zip(states, [constrain(x) for x in first + second]):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    torch.testing.assert_close(F.calls[1][0], first[0])  # the chain's running state: 1/3, not the floor
-    torch.testing.assert_close(F.calls[3][0], torch.full_like(x0, floor))  # the next chain: from the floor
-
-
 class DropoutBlend(nn.Module):
     """A blend whose interpolation weight passes through a real nn.Dropout."""
 

@@ -3,22 +3,22 @@
 A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
 ``x = z * std + mean``; the ensemble stage, validation and calibration all
-go through it. A model with its own ``rollout(z, n_steps, time, step_seconds, constrain)`` (Spherical
+go through it. A model with its own ``rollout(z, n_steps, time, step_seconds)`` (Spherical
 DYffusion's cold sampler, :class:`models.dyffusion.DYffusion`, whose state
 is more than the last emitted step) is rolled out by that; ``forward`` is
 then only its first step. Valid times advance by the model's time step and
 feed a model's forcings (:mod:`models.forcings`).
 
 **Non-negative channels** (precipitation, humidity, water vapour:
-:func:`pipeline.data.channels.is_non_negative`) are held at zero or above in
-every state a forecast emits, :math:`x_c \leftarrow \max(x_c, 0)`, i.e.
-:math:`z_c \leftarrow \max(z_c, -\mu_c / \sigma_c)` in normalised units
-(as ACE's corrector forces its water fields positive): a network's increment
-knows no floor, and a free run would otherwise rain negative amounts where
-it never rains. The next step starts from the clipped state; inside a
-DYffusion chain the sampler's own running state stays as computed (its
-increments telescope to the interpolator's estimate) and the chain after it
-starts from the clipped state it emitted. Rollouts take optional per-row dropout generators
+:func:`pipeline.data.channels.is_non_negative`) are clipped at zero in every
+state a forecast emits, :math:`x_c \leftarrow \max(x_c, 0)`, i.e.
+:math:`z_c \leftarrow \max(z_c, -\mu_c / \sigma_c)` in normalised units: a
+network's increment knows no floor, and a free run would otherwise report
+negative rain where it never rains. The clip is applied to the output only;
+the rollout carries on from the model's own state. (Feeding the clipped
+state back, as ACE's corrector does for a model trained with it, moved the
+10-year climate of our DYffusion model, trained without it, further from
+the planet's: README, Stage 5.) Rollouts take optional per-row dropout generators
 (:func:`models.sfno.dropout_generators`) for stochastic members. On CUDA the model runs under bf16 autocast (the SHT stays
 float32 inside the model) and states are kept in float32.
 
@@ -152,7 +152,8 @@ class Forecaster:
                            time: object = None) -> Iterator[torch.Tensor]:
         """Yield ``n_steps`` successive normalised states (float32) from ``z`` valid at ``time``.
 
-        ``generators`` (one per batch row) draw the Monte Carlo dropout masks of
+        Each yielded state has its non-negative channels clipped (:meth:`clip`);
+        the rollout continues from the model's unclipped state. ``generators`` (one per batch row) draw the Monte Carlo dropout masks of
         a stochastic model; without them an eval-mode model is deterministic.
         """
         z = z.to(self.device)
@@ -162,16 +163,16 @@ class Forecaster:
                 raise ValueError("this model has forcings: a rollout with valid times needs the forecaster's step_hours")
             seconds = None  # the model ignores valid times; nothing to advance
         own = getattr(self.model, "rollout", None)
-        states = (own(z, n_steps, seconds, self.step_seconds, constrain=self.clip) if own is not None
+        states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
                   else self._iterate(z, n_steps, seconds))
         for _ in range(n_steps):
             with dropout_generators(generators), self.autocast():
                 z = next(states).float()
-            yield z
+            yield self.clip(z)
 
     def _iterate(self, z: torch.Tensor, n_steps: int, seconds: torch.Tensor | None) -> Iterator[torch.Tensor]:
         for _ in range(n_steps):
-            z = self.clip(self.model(z, time=seconds).float())
+            z = self.model(z, time=seconds).float()
             if seconds is not None:
                 seconds = seconds + self.step_seconds
             yield z
