@@ -17,9 +17,10 @@ rollout (measured on the planet: grid-scale power grew 1000-fold in 60 days
 without it). Wind component pairs (``wind_pairs``) are projected together,
 as one vector field in physical units, onto the vector harmonics of the same
 truncation (:class:`models.spectral.VectorBandLimit`): the scalar projection
-of each component cannot represent a wind crossing a pole. The per-channel increment scale :math:`\sigma` (buffer ``increment_scale``,
-default 1; training sets it to each channel's typical one-step change) lets the
-decoder work in units of order one whatever the size of the tendency.
+of each component cannot represent a wind crossing a pole. The per-channel
+increment scale :math:`\sigma` (buffer ``increment_scale``, default 1;
+training sets it to each channel's typical one-step change) lets the decoder
+work in units of order one whatever the size of the tendency.
 
 The spherical convolution :math:`\mathcal K` is diagonal in spherical
 harmonics: with the real SHT :math:`a^i_{lm} = \int f^i\,\overline{Y_{lm}}\,d\Omega`,
@@ -279,13 +280,12 @@ class SFNOBlock(nn.Module):
 
 def _check_wind_pairs(pairs: Sequence[Sequence[int]], out_channels: int, bandlimit_output: bool) -> tuple[tuple[int, int], ...]:
     """``pairs`` as int tuples; ValueError unless each is two distinct output channels, none used twice."""
-    checked = tuple(tuple(int(k) for k in pair) for pair in pairs)
-    used = [k for pair in checked for k in pair]
-    if any(len(pair) != 2 for pair in checked) or any(not 0 <= k < out_channels for k in used) or len(set(used)) != len(used):
+    used = [int(k) for pair in pairs for k in pair]
+    if any(len(pair) != 2 for pair in pairs) or any(not 0 <= k < out_channels for k in used) or len(set(used)) != len(used):
         raise ValueError(f"wind_pairs must be (u, v) pairs of distinct output channels below {out_channels}, got {list(pairs)}")
-    if checked and not bandlimit_output:
+    if pairs and not bandlimit_output:
         raise ValueError("wind_pairs band-limit the wind increments: they need bandlimit_output=True")
-    return checked  # type: ignore[return-value]
+    return tuple((used[2 * k], used[2 * k + 1]) for k in range(len(used) // 2))
 
 
 def _position_features(nlat: int, nlon: int) -> torch.Tensor:
