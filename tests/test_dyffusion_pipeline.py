@@ -191,7 +191,6 @@ def test_both_stages_warm_start_from_the_trained_model_with_an_appended_forcing(
     assert result.steps == 2 and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
 
 
-
 def test_both_stages_warm_start_with_wind_vectors_and_their_polar_wind_increments_have_no_zonal_mean(
         run: dict, tmp_path: Path) -> None:
     windy = {**DYFFUSION, "name": "dyf-wind", "wind_vectors": True}
