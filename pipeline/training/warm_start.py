@@ -113,12 +113,14 @@ def _widened(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], new
 
     Buffers of :data:`SET_BY_TRAINER` are taken from ``fresh`` and dropped from ``saved``.
     """
-    trainer_set = {key for key in set(saved) | set(fresh) if key.rsplit(".", 1)[-1] in SET_BY_TRAINER}
-    saved = {key: value for key, value in saved.items() if key not in trainer_set}
-    state = {key: fresh[key] for key in trainer_set & set(fresh)}
-    if set(saved) != set(fresh) - trainer_set:
+    def set_by_trainer(key: str) -> bool:
+        return key.rsplit(".", 1)[-1] in SET_BY_TRAINER
+
+    saved = {key: value for key, value in saved.items() if not set_by_trainer(key)}
+    state = {key: value for key, value in fresh.items() if set_by_trainer(key)}
+    if set(saved) != set(fresh) - set(state):
         raise MyriadError(f"training.init_from: checkpoint {path} holds other tensors than this network "
-                          f"(missing {sorted(set(fresh) - trainer_set - set(saved))[:3]}, unexpected {sorted(set(saved) - set(fresh))[:3]})")
+                          f"(missing {sorted(set(fresh) - set(state) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(fresh))[:3]})")
     for key, value in saved.items():
         shape = fresh[key].shape
         if value.shape != shape:
