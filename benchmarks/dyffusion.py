@@ -32,9 +32,17 @@ configs/dyffusion-quickstart.yaml``).
    stirring, same physics), the same table for that record against the
    planet's gives the noise floor: how far an independent stretch of the
    planet's own weather lies from its climate.
+4. **Drift**: forecasts of the DYffusion checkpoint from ``--drift-inits``
+   evenly spaced validation times (one stochastic member each) to
+   ``--drift-lead-hours``; per channel and lead, the mean zonal-mean error
+   over the inits and its area-weighted RMS over latitude (also over the
+   planet's zonal contrast, the climate table's scale). A bias the
+   forecasts reach within weeks is systematic error piling up step by step,
+   not a slow instability; the part takes minutes where the climate run
+   takes hours, so it screens training settings.
 
-    python benchmarks/dyffusion.py                                   # all three, 10 years
-    python benchmarks/dyffusion.py --skip-climate                    # cost and skill only
+    python benchmarks/dyffusion.py                                   # all four, 10 years
+    python benchmarks/dyffusion.py --skip-climate --skip-drift       # cost and skill only
     python benchmarks/dyffusion.py --skip-cost --skip-skill --years 1
     myriad ingest configs/dyffusion-climate.yaml --set source.seed=1 --set run_dir=runs/climate-seed1
     python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
@@ -253,6 +261,16 @@ def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, 
     return sums, finite, done
 
 
+def zonal_rms(profile: np.ndarray, weights: np.ndarray) -> float:
+    r"""Area-weighted RMS over latitude :math:`\sqrt{\langle p^2 \rangle}` of a zonal-mean profile ``(nlat,)``."""
+    return float(np.sqrt(np.average(profile**2, weights=weights)))
+
+
+def zonal_contrast(profile: np.ndarray, weights: np.ndarray) -> float:
+    r"""The planet's zonal contrast :math:`\sqrt{\langle (p - \langle p \rangle)^2 \rangle}` of its time-mean zonal mean ``p``."""
+    return zonal_rms(profile - np.average(profile, weights=weights), weights)
+
+
 def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
     r"""Per channel: area-weighted global means, the zonal-mean RMS bias
     :math:`\sqrt{\langle (\bar x_{model} - \bar x_{planet})^2 \rangle}` over latitude, the same over the planet's
@@ -263,14 +281,13 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
     table = {}
     for k, channel in enumerate(model.channels):
         global_model, global_truth = float(np.average(m[k], weights=w)), float(np.average(t[k], weights=w))
-        zonal_rms = float(np.sqrt(np.average((m[k] - t[k]) ** 2, weights=w)))
-        scale = float(np.sqrt(np.average((t[k] - global_truth) ** 2, weights=w)))
+        rms, scale = zonal_rms(m[k] - t[k], w), zonal_contrast(t[k], w)
         table[channel] = {
             "global_mean_model": global_model,
             "global_mean_planet": global_truth,
             "global_mean_bias": global_model - global_truth,
-            "zonal_mean_rms_bias": zonal_rms,
-            "zonal_mean_rms_bias_relative": zonal_rms / scale if scale > 0 else float("nan"),
+            "zonal_mean_rms_bias": rms,
+            "zonal_mean_rms_bias_relative": rms / scale if scale > 0 else float("nan"),
             "global_mean_per_year": [year[k] for year in model.global_mean_year],
             "zonal_mean_model": m[k].tolist(),
             "zonal_mean_planet": t[k].tolist(),
@@ -338,6 +355,61 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
     return out
 
 
+# ---------------------------------------------------------------------- 4. drift
+
+
+def drift(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace) -> dict:
+    r"""Mean zonal-mean forecast error by lead over evenly spaced validation inits (module docstring, part 4).
+
+    For inits :math:`t_i`, :math:`i = 1..N`, and lead :math:`\ell`: :math:`\bar e_\ell(\phi) = \frac1N
+    \sum_i ([\hat x_i(t_i + \ell)] - [x(t_i + \ell)])(\phi)`, :math:`[\cdot]` the zonal mean, each init one
+    member with its own dropout generator (seed ``1000 + i``); reported with its area-weighted RMS over latitude
+    and that RMS over the planet's zonal contrast (its time-mean zonal mean over the whole record). Its
+    sampling noise: the standard error :math:`s_\ell(\phi) / \sqrt N` of the mean (:math:`s_\ell` the spread of
+    the inits' zonal-mean errors; inits days apart taken as independent), reported as its area-weighted RMS
+    over latitude."""
+    info = forecaster.info
+    channels, grid, step_hours = info.channels, info.grid, info.time_step_hours
+    leads = [round(hours / step_hours) for hours in args.drift_lead_hours]
+    if args.drift_inits < 1:
+        raise SystemExit("--drift-inits must be at least 1")
+    if min(leads) < 1 or any(lead * step_hours != hours for lead, hours in zip(leads, args.drift_lead_hours)):
+        raise SystemExit(f"--drift-lead-hours must be positive multiples of the model's {step_hours} h step")
+    period = config.training.val_period
+    analysis = open_analysis(config.analysis_path, chunks=None)
+    record = analysis.sel(time=slice(np.datetime64(period.start, "ns"), np.datetime64(period.end, "ns")))
+    values = np.stack([record[c].values for c in channels], axis=1).astype(np.float32)  # (time, channel, lat, lon)
+    last_init = values.shape[0] - 1 - max(leads)
+    if last_init < 0:
+        raise SystemExit(f"the validation period holds {values.shape[0]} times, fewer than the longest drift lead")
+    inits = np.unique(np.linspace(0, last_init, args.drift_inits).round().astype(int))
+    errors = np.zeros((len(leads), len(channels), grid.nlat))
+    squares = np.zeros_like(errors)
+    for first in range(0, len(inits), args.batch):
+        rows = inits[first:first + args.batch]
+        gens = [torch.Generator().manual_seed(1000 + i) for i in range(first, first + len(rows))]
+        states = forecaster.rollout(torch.from_numpy(values[rows]), max(leads), gens, time=record.time.values[rows])
+        for step, state in enumerate(states, start=1):
+            if step in leads:
+                error = state.double().mean(dim=-1).numpy() - values[rows + step].mean(axis=-1)  # (batch, channel, lat)
+                errors[leads.index(step)] += error.sum(axis=0)
+                squares[leads.index(step)] += (error**2).sum(axis=0)
+    errors /= len(inits)
+    standard_error = np.sqrt(np.maximum(squares / len(inits) - errors**2, 0.0) / max(len(inits) - 1, 1))
+    w = latitude_weights(grid.latitudes)
+    planet = analysis_climate(config.analysis_path, channels, grid).zonal_mean()
+    out: dict = {"lead_hours": list(args.drift_lead_hours), "inits": len(inits), "members_per_init": 1,
+                 "period": [str(record.time.values[inits[0]])[:16], str(record.time.values[inits[-1]])[:16]]}
+    for k, channel in enumerate(channels):
+        rms = [zonal_rms(errors[j, k], w) for j in range(len(leads))]
+        scale = zonal_contrast(planet[k], w)
+        out[channel] = {"zonal_mean_rms_bias": rms,
+                        "zonal_mean_rms_bias_relative": [r / scale if scale > 0 else float("nan") for r in rms],
+                        "zonal_mean_rms_standard_error": [zonal_rms(standard_error[j, k], w) for j in range(len(leads))],
+                        "zonal_mean_bias": errors[:, k].tolist()}
+    return out
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -372,6 +444,13 @@ def print_report(result: dict) -> None:
                 print(f"  seasonal cycle of the hemispheric z500 contrast: amplitude {sc['amplitude_ratio']:.2f}x the planet's, "
                       f"northern maximum {sc['phase_lag_days']:+.0f} days from the planet's (day {sc['peak_day_of_year_planet']:.0f}), "
                       f"trend {sc['trend_per_year_model']:+.0f} m2 s-2 per year (planet {sc['trend_per_year_planet']:+.0f})")
+    if "drift" in result:
+        d = result["drift"]
+        print(f"drift: zonal-mean RMS bias / the planet's zonal contrast by lead "
+              f"({d['inits']} inits, {d['period'][0]} to {d['period'][1]})")
+        print(f"  {'channel':<8} " + " ".join(f"{f'{h} h':>8}" for h in d["lead_hours"]))
+        for channel in result.get("channels", []):
+            print(f"  {channel:<8} " + " ".join(f"{r:>8.3f}" for r in d[channel]["zonal_mean_rms_bias_relative"]))
 
 
 def main() -> None:
@@ -392,6 +471,9 @@ def main() -> None:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-skill", action="store_true")
     parser.add_argument("--skip-climate", action="store_true")
+    parser.add_argument("--skip-drift", action="store_true")
+    parser.add_argument("--drift-inits", type=int, default=96, help="validation init times of the drift part")
+    parser.add_argument("--drift-lead-hours", type=int, nargs="+", default=[6, 36, 72, 144, 240, 480])
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON (updated in place when it exists)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -416,6 +498,8 @@ def main() -> None:
             result["skill"] = {name: skill(c) for name, c in configs.items()}
         if not args.skip_climate:
             result["climate"] = climate(configs, models, args)
+        if not args.skip_drift:
+            result["drift"] = drift(configs["dyffusion"], models["dyffusion"], args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print_report(result)
