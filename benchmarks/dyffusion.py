@@ -38,8 +38,7 @@ configs/dyffusion-quickstart.yaml``).
    over the inits and its area-weighted RMS over latitude (also over the
    planet's zonal contrast, the climate table's scale). A bias the
    forecasts reach within weeks is systematic error piling up step by step,
-   not a slow instability; the part takes minutes where the climate run
-   takes hours, so it screens training settings.
+   not a slow instability. It costs about a third of the 10-year run.
 
     python benchmarks/dyffusion.py                                   # all four, 10 years
     python benchmarks/dyffusion.py --skip-climate --skip-drift       # cost and skill only
