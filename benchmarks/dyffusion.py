@@ -386,8 +386,8 @@ def drift(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace
     squares = np.zeros_like(errors)
     for first in range(0, len(inits), args.batch):
         rows = inits[first:first + args.batch]
-        gens = [torch.Generator().manual_seed(1000 + i) for i in range(first, first + len(rows))]
-        states = forecaster.rollout(torch.from_numpy(values[rows]), max(leads), gens, time=record.time.values[rows])
+        states = forecaster.rollout(torch.from_numpy(values[rows]), max(leads), generators(len(rows), 1000 + first),
+                                    time=record.time.values[rows])
         for step, state in enumerate(states, start=1):
             if step in leads:
                 error = state.double().mean(dim=-1).numpy() - values[rows + step].mean(axis=-1)  # (batch, channel, lat)
