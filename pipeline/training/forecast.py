@@ -1,4 +1,4 @@
-"""Forecasts with a trained model: physical state in, physical states out.
+r"""Forecasts with a trained model: physical state in, physical states out.
 
 A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
