@@ -482,9 +482,10 @@ def main() -> None:
     needed = {"dyffusion"} | (set() if args.skip_climate else set(args.climate_models)) | (set() if args.skip_cost else {"sfno"})
     models = {name: Forecaster.from_checkpoint(first_checkpoint(configs[name]), bf16=False) for name in sorted(needed)}
     result = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    loaded = {name: str(f.info.path) for name, f in models.items()}  # a partial run keeps the other model's entry
     result.update({"benchmark": "Spherical DYffusion vs SFNO on the quickstart planet", "threads": args.threads,
                    "device": f"cpu ({platform.machine()})", "torch": str(torch.__version__),
-                   "checkpoints": {name: str(f.info.path) for name, f in models.items()},
+                   "checkpoints": {**result.get("checkpoints", {}), **loaded},
                    "channels": list(models["dyffusion"].info.channels)})
     with torch.inference_mode():
         if not args.skip_cost:
