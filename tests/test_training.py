@@ -325,22 +325,8 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     # settings an older checkpoint's config lacks take their defaults
     legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
     assert training_objective(legacy, "forecaster") == {
-        "input_noise": 1.0, "zonal_mean_noise": {}, "loss_units": "tendency", "channel_weights": {},
-        "pushforward_chains": 8, "forecaster_loss": "l1", "amse_squared_degrees": 0}
-
-
-def test_zonal_mean_noise_is_drawn_in_the_stores_physical_units_and_trains(store: dict, tmp_path: Path) -> None:
-    config = config_for(store, tmp_path, "zonal", training={"max_steps": 3, "zonal_mean_noise": {"msl": 150.0}})
-    trainer = Trainer(config, seed=0, ctx=SINGLE)
-    msl = CHANNELS.index("msl")
-    torch.manual_seed(0)
-    drawn = trainer.zonal_noise.draw(torch.zeros(2000, len(CHANNELS), GRID.nlat, GRID.nlon))
-    physical = drawn[:, msl, :, 0].double() * float(trainer.data.normalisation.std[msl])
-    weights = torch.as_tensor(GRID.area_weights())
-    rms = float(((physical**2 * weights).sum(dim=1) / weights.sum()).mean().sqrt())
-    assert rms == pytest.approx(150.0, rel=0.05)
-    assert not drawn[:, [c for c in range(len(CHANNELS)) if c != msl]].any()
-    assert math.isfinite(trainer.fit().skill.score())
+        "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "pushforward_chains": 8,
+        "forecaster_loss": "l1", "amse_squared_degrees": 0}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(

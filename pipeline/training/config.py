@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config_base import StrictModel
 from pipeline.data.channels import wind_pairs
@@ -283,9 +283,6 @@ class TrainingConfig(StrictModel):
     data (steadier long rollouts). 0 turns it off."""
     channel_weights: dict[str, float] = Field(default_factory=dict)
     """Loss weight per channel (default 1); normalised to mean 1 over the channels."""
-    zonal_mean_noise: dict[str, float] = Field(default_factory=dict)
-    """Per channel, the RMS (physical units) of a random zonal-mean profile added to each window's
-    initial state (:mod:`pipeline.training.zonal_noise`); the target is unchanged. Empty: none."""
     loss_units: Literal["tendency", "normalised"] = "tendency"
     """Measure each channel's error in units of its one-step tendency std (HENS) or of its std."""
     checkpoint_every: int = Field(500, ge=1)
@@ -329,12 +326,12 @@ class TrainingConfig(StrictModel):
             raise ValueError(f"seeds must be >= 0, got {value}")
         return value
 
-    @field_validator("channel_weights", "zonal_mean_noise")
+    @field_validator("channel_weights")
     @classmethod
-    def _non_negative(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
         for name, weight in value.items():
             if not weight >= 0:
-                raise ValueError(f"{info.field_name} for '{name}' must be >= 0, got {weight}")
+                raise ValueError(f"channel weight for '{name}' must be >= 0, got {weight}")
         return value
 
     @model_validator(mode="after")
@@ -348,7 +345,7 @@ class TrainingConfig(StrictModel):
         return self.rollout_steps if step >= self.rollout_start_step else 1
 
 
-_EVERY_STAGE = (TrainingConfig, ("input_noise", "zonal_mean_noise", "loss_units", "channel_weights"))
+_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights"))
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),

@@ -94,7 +94,6 @@ from pipeline.training.optim import (
 )
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
 from pipeline.training.warm_start import init_checkpoint_path, warm_start
-from pipeline.training.zonal_noise import ZonalMeanNoise
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +219,6 @@ class Trainer:
         self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
                                            device=ctx.device)[:, None, None]
         self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
-        self.zonal_noise = ZonalMeanNoise(self.data.grid, list(self.data.channels), self.data.normalisation.std,
-                                          training.zonal_mean_noise)
 
         grid = self.data.grid
         self.kind, self.hparams = config.model.stage_model(self.stage, list(self.data.channels), len(self.data.static_names),
@@ -474,9 +471,6 @@ class Trainer:
         if self.training.input_noise > 0:
             windows = windows.clone()
             windows[:, 0] += self.noise_scale * torch.randn_like(windows[:, 0])
-        if self.zonal_noise.active:
-            windows = windows.clone()
-            windows[:, 0] += self.zonal_noise.draw(windows[:, 0])
         with autocast_context(self.ctx.device, self.training.bf16):
             loss = self.objective(windows, seconds)
         flags = torch.stack([
