@@ -171,27 +171,6 @@ def test_the_adjusted_mse_scores_a_scale_at_its_true_amplitude_where_mse_damps_i
     torch.testing.assert_close(autocast, amse(0.5 * z + 0.5 * y, y), rtol=1e-6, atol=0.0)
 
 
-def test_amse_squared_degrees_scores_the_global_mean_by_its_squared_error_whose_best_guess_is_the_mean() -> None:
-    grid = Grid(33, 64)
-    amse, low = SphericalAMSE(grid, np.ones(1)), SphericalAMSE(grid, np.ones(1), squared_degrees=1)
-    mse = SphericalMSE(grid, np.ones(1))
-    target = torch.zeros(1, 1, 33, 64)
-    offset = target + 0.3  # a global-mean error alone
-    assert amse(offset, target).item() == pytest.approx(3 * 0.09, rel=1e-5)  # AMSE: P_x + 2 P_x (1 - rho)
-    assert low(offset, target).item() == pytest.approx(mse(offset, target).item(), rel=1e-5)
-    latitude = torch.as_tensor(np.sin(np.deg2rad(grid.latitudes)), dtype=torch.float32)[:, None].expand(33, 64)
-    wave = (latitude * torch.cos(torch.linspace(0, 2 * torch.pi, 65)[:-1]))[None, None]  # order 1, no global mean: AMSE's
-    assert low(wave, 0.5 * wave).item() == pytest.approx(amse(wave, 0.5 * wave).item(), rel=1e-5)
-    # the best constant forecast of a global mean drawn around zero: AMSE's sits off the mean, the squared error's on it
-    targets = target + torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    guesses = np.linspace(-1.0, 1.0, 41)
-
-    def best(loss: SphericalAMSE) -> float:
-        return float(guesses[np.argmin([loss(target.expand_as(targets) + g, targets).item() for g in guesses])])
-
-    assert abs(best(amse)) > 0.3 and abs(best(low) - float(targets.mean())) < 0.05
-
-
 def test_learning_rate_warms_up_then_decays_on_a_cosine_over_steps_or_time() -> None:
     values = [cosine_with_warmup(s, warmup=4, total=14, floor=0.1) for s in range(15)]
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
@@ -326,7 +305,7 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
     assert training_objective(legacy, "forecaster") == {
         "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "pushforward_chains": 8,
-        "forecaster_loss": "l1", "amse_squared_degrees": 0}
+        "forecaster_loss": "l1"}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(

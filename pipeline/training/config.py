@@ -54,9 +54,6 @@ class DYffusionConfig(StrictModel):
     """Forecaster stage loss: ``l1`` (the paper's area-weighted absolute error) or ``amse``, the
     adjusted MSE over spherical harmonic degrees, which does not reward damping the scales the
     forecaster cannot place (:class:`pipeline.training.losses.SphericalAMSE`)."""
-    amse_squared_degrees: int = Field(0, ge=0)
-    """With ``forecaster_loss: amse``, the lowest degrees scored by their plain squared error
-    instead (1: the global mean, whose single coefficient gives AMSE no coherence to measure)."""
 
     @field_validator("horizon")
     @classmethod
@@ -349,7 +346,7 @@ _EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights")
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),
-    "forecaster": (_EVERY_STAGE, (DYffusionConfig, ("pushforward_chains", "forecaster_loss", "amse_squared_degrees"))),
+    "forecaster": (_EVERY_STAGE, (DYffusionConfig, ("pushforward_chains", "forecaster_loss"))),
 }
 """Per stage (None: the SFNO), the settings that define the training loss (not its schedule)."""
 

@@ -128,10 +128,8 @@ class SphericalAMSE(SphericalMSE):
     RELATIVE_FLOOR = 1e-6
     r"""The coherence's denominator is at least this fraction of :math:`\max(P_x, P_y)` (scale-free)."""
 
-    def __init__(self, grid: Grid, channel_weights: np.ndarray, squared_degrees: int = 0) -> None:
+    def __init__(self, grid: Grid, channel_weights: np.ndarray) -> None:
         super().__init__(grid, channel_weights)
-        self.squared_degrees = squared_degrees
-        r"""Degrees :math:`l <` this are scored by :math:`P_x + P_y - 2X`, their plain squared error."""
         self.lmax = (grid.nlat + 1) // 2
         r""":math:`L`: degrees below it enter the loss."""
         self.analysis = SpectralAnalysis(RealSHT(grid.nlat, grid.nlon, lmax=self.lmax, mmax=min(self.lmax, grid.nlon // 2 + 1),
@@ -157,8 +155,4 @@ class SphericalAMSE(SphericalMSE):
         amplitude = ((px + self.TINY).sqrt() - (py + self.TINY).sqrt()).square()
         scale = torch.maximum((px * py).clamp_min(self.TINY).sqrt(), self.RELATIVE_FLOOR * larger).clamp_min(self.TINY)
         decorrelation = 2.0 * larger * (1.0 - cross / scale)
-        adjusted = amplitude + decorrelation
-        if self.squared_degrees:
-            low = slice(0, self.squared_degrees)
-            adjusted[..., low] = px[..., low] + py[..., low] - 2.0 * cross[..., low]
-        return adjusted.sum(dim=-1).float()
+        return (amplitude + decorrelation).sum(dim=-1).float()

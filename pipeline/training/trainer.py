@@ -277,8 +277,7 @@ class Trainer:
         """The DYffusion forecaster stage's loss (``model.dyffusion.forecaster_loss``)."""
         channels, weights = self.data.channels, self.training.channel_weights
         if self.config.model.dyffusion.forecaster_loss == "amse":
-            loss = SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units),
-                                 squared_degrees=self.config.model.dyffusion.amse_squared_degrees)
+            loss = SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units))
             network = next(m for m in self.model.modules() if isinstance(m, SFNO))
             if not network.bandlimit_output or network.sht_data.lmax > loss.lmax:
                 raise MyriadError(
