@@ -16,16 +16,19 @@ import pytest
 import torch
 import xarray as xr
 
-from pipeline.config import MyriadConfig, config_from_dict
+from pipeline.config import MyriadConfig, PlanetSourceConfig, config_from_dict
 from pipeline.data.sources.canonical import validate_block
 from pipeline.data.sources.planet import PLANET_CHANNELS, PlanetSource, build_planet_source, global_budgets, state_fingerprint
+from pipeline.data.sources.planet_budget import balanced_geopotential_flux, equilibrium_zonal_geopotential, mean_seasonal_factor
 from pipeline.data.sources.planet_dynamics import SpectralShallowWater
 from pipeline.data.sources.planet_simulation import simulation_context
 from pipeline.errors import MyriadError
-from pipeline.grid import Grid
+from pipeline.grid import EARTH_RADIUS_M, Grid
 
 COARSE_SOURCE = {"kind": "planet", "dt_seconds": 1800, "stirring_lmin": 3, "stirring_lmax": 7}
 ALL_CHANNELS = list(PLANET_CHANNELS)
+BUDGET_CLOSURE = 0.1
+"""Largest RMS residual of the steady zonal mass budget over five years, as a fraction of the flux's RMS."""
 
 
 def planet_config(tmp_path: Path, start: str = "2000-01-01T00:00", end: str = "2000-01-06T18:00", *,
@@ -150,6 +153,38 @@ def test_rain_is_non_negative_and_heavy_tailed(climate: xr.Dataset) -> None:
     assert excess_kurtosis > 2.0
     assert climate["tp6h"].attrs["units"] == "kg m-2"
     assert climate["tp6h"].attrs["standard_name"] == "precipitation_amount"
+
+
+@pytest.mark.slow
+def test_five_years_close_the_steady_zonal_mass_budget(climate: xr.Dataset) -> None:
+    """The time-mean northward geopotential flux [z500 v500] is the one the relaxation of [z500] implies."""
+    source = PlanetSourceConfig(**COARSE_SOURCE)
+    latitudes = climate["latitude"].values
+    zonal_geopotential = climate["z500"].astype(np.float64).mean(("time", "longitude")).values
+    flux = (climate["z500"].astype(np.float64) * climate["v500"]).mean(("time", "longitude")).values
+    equilibrium = equilibrium_zonal_geopotential(latitudes, source, mean_seasonal_factor(climate["time"].values, source.year_days))
+    balanced = balanced_geopotential_flux(zonal_geopotential, equilibrium, latitudes, source.relaxation_days)
+    weights = Grid(17, 32).area_weights()
+    rms = lambda profile: float(np.sqrt(np.average(profile**2, weights=weights)))  # noqa: E731
+    assert rms(flux) > 5_000.0, "the planet has a mean meridional circulation"
+    assert rms(balanced - flux) < BUDGET_CLOSURE * rms(flux), f"residual {rms(balanced - flux):.0f} of {rms(flux):.0f} m3 s-3"
+    # an equilibrium a tenth steeper than the planet's does not close it
+    steeper = balanced_geopotential_flux(zonal_geopotential, 1.1 * equilibrium, latitudes, source.relaxation_days)
+    assert rms(steeper - flux) > 2 * BUDGET_CLOSURE * rms(flux)
+
+
+def test_balanced_flux_inverts_the_zonal_mass_budget() -> None:
+    """For [Phi v] = V sin(phi) cos(phi), the budget's departure is D = -(tau a^-1) V (1 - 3 sin^2 phi)."""
+    latitudes = Grid(33, 64).latitudes
+    sin_lat, cos_lat = np.sin(np.deg2rad(latitudes)), np.cos(np.deg2rad(latitudes))
+    tau, speed = 3.0 * 86_400.0, 8.0e4
+    departure = -(tau / EARTH_RADIUS_M) * speed * (1.0 - 3.0 * sin_lat**2)
+    equilibrium = np.full_like(latitudes, 123.0)  # the global mean of [Phi] - [Phi_eq] plays no part
+    balanced = balanced_geopotential_flux(departure + equilibrium + 7.0, equilibrium, latitudes, 3.0)
+    np.testing.assert_allclose(balanced, speed * sin_lat * cos_lat, atol=0.01 * speed)
+    assert balanced[0] == balanced[-1] == 0.0  # pole rows
+    np.testing.assert_allclose(balanced_geopotential_flux(departure[::-1], 0.0 * latitudes, latitudes[::-1], 3.0), balanced[::-1],
+                               atol=1e-9 * speed)
 
 
 # --------------------------------------------------------------------------- interface
