@@ -26,7 +26,15 @@ configs/dyffusion-quickstart.yaml``).
    planet's own climate): global-mean bias, the area-weighted RMS over
    latitude of the zonal-mean bias (also divided by the planet's
    zonal-mean RMS deviation from its global mean, a scale-free figure), and
-   the ratio of time-mean kinetic energies. Any non-finite state stops the
+   the ratio of time-mean kinetic energies. Where the bias lives: each
+   channel's share of the squared zonal-mean bias poleward of 60 degrees,
+   and the bias equatorward of 60 over the same contrast. The steady zonal
+   mass budget (:mod:`pipeline.data.sources.planet_budget`): the time-mean
+   northward geopotential flux :math:`\overline{[z500\,v500]}` against the
+   flux that the relaxation of the run's own :math:`\overline{[z500]}`
+   implies, both divided by the planet's global-mean geopotential (a wind,
+   m/s); the planet's record closes it, a run whose circulation is
+   inconsistent with its mass does not. Any non-finite state stops the
    run and is reported. With ``--reference-store``, the analysis store of
    another realisation of the same planet (another ``source.seed``: other
    stirring, same physics), the same table for that record against the
@@ -67,7 +75,8 @@ import xarray as xr
 
 from models.forcings import EPOCH_2000, YEAR_SECONDS, posix_seconds
 from models.sfno import SFNO
-from pipeline.config import MyriadConfig, load_config
+from pipeline.config import MyriadConfig, PlanetSourceConfig, load_config
+from pipeline.data.sources.planet_budget import balanced_geopotential_flux, equilibrium_zonal_geopotential, mean_seasonal_factor
 from pipeline.data.store import open_analysis
 from pipeline.ensemble.inputs import resolve_checkpoint
 from pipeline.grid import Grid, latitude_weights
@@ -156,7 +165,8 @@ def skill(config: MyriadConfig) -> dict:
 
 class ClimateSums:
     r"""Running float64 sums: the time-mean zonal mean of each channel, the global kinetic energy and global means
-    (total and per year), and the annual harmonic of the hemispheric z500 contrast.
+    (total and per year), the annual harmonic of the hemispheric z500 contrast, and the time-mean zonal mean of
+    :math:`z500\,v500` (the northward geopotential flux) with the valid times (for the mass budget).
 
     The contrast is :math:`H(t) = \langle z500\,\sin\phi \rangle` (area mean; positive when the
     northern hemisphere's layer is deeper, i.e. its summer). The model
@@ -176,6 +186,9 @@ class ClimateSums:
         self.zonal = torch.zeros(len(channels), grid.nlat, dtype=torch.float64)
         self.count = 0
         self.has_wind = "u500" in channels and "v500" in channels
+        self.has_flux = "z500" in channels and "v500" in channels
+        self.flux = torch.zeros(grid.nlat, dtype=torch.float64)
+        self.seconds: list[torch.Tensor] = []
         self.ke_total = 0.0
         self.ke_year: list[float] = []
         self.global_mean_year: list[list[float]] = []
@@ -196,6 +209,10 @@ class ClimateSums:
         self._global_since += (zonal @ self.weights).sum(dim=0)
         self.count += states.shape[0]
         self._count_since += states.shape[0]
+        self.seconds.append(seconds.double())
+        if self.has_flux:
+            z = states[:, self.channels.index("z500")].double()
+            self.flux += (z * states[:, self.channels.index("v500")].double()).mean(dim=-1).sum(dim=0)
         if self.has_wind:
             u = states[:, self.channels.index("u500")].double()
             v = states[:, self.channels.index("v500")].double()
@@ -213,6 +230,14 @@ class ClimateSums:
 
     def zonal_mean(self) -> np.ndarray:
         return (self.zonal / self.count).numpy()
+
+    def geopotential_flux(self) -> np.ndarray:
+        """Time-mean zonal mean of ``z500 v500`` (m3 s-3) by latitude."""
+        return (self.flux / self.count).numpy()
+
+    def valid_times(self) -> np.ndarray:
+        """Valid times of every added state (datetime64[ns])."""
+        return (torch.cat(self.seconds).numpy() * 1e9).round().astype("int64").astype("datetime64[ns]")
 
     def kinetic_energy(self) -> float:
         return self.ke_total / self.count if self.has_wind and self.count else float("nan")
@@ -270,11 +295,43 @@ def zonal_contrast(profile: np.ndarray, weights: np.ndarray) -> float:
     return zonal_rms(profile - np.average(profile, weights=weights), weights)
 
 
-def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
+POLAR_LATITUDE = 60.0
+"""Poleward of this latitude (degrees) lies the polar share of a zonal-mean bias."""
+
+
+def bias_by_latitude_band(bias: np.ndarray, latitudes: np.ndarray, scale: float) -> dict:
+    r"""Where a zonal-mean bias profile lives: its share of :math:`\langle b^2 \rangle` (area-weighted) from the
+    rows poleward of :data:`POLAR_LATITUDE`, and its area-weighted RMS over the other rows divided by ``scale``."""
+    w = latitude_weights(latitudes)
+    polar = np.abs(np.asarray(latitudes)) >= POLAR_LATITUDE
+    squares = w * bias**2
+    total = float(squares.sum())
+    return {"polar_share_of_squared_bias": float(squares[polar].sum()) / total if total > 0 else float("nan"),
+            "zonal_mean_rms_bias_relative_equatorward_of_60": zonal_rms(bias[~polar], w[~polar]) / scale if scale > 0 else float("nan")}
+
+
+def mass_budget(sums: ClimateSums, truth: ClimateSums, source: PlanetSourceConfig, latitudes: np.ndarray) -> dict:
+    r"""The run's steady zonal mass budget (:mod:`pipeline.data.sources.planet_budget`) in wind units: its time-mean
+    geopotential flux :math:`\overline{[z500\,v500]}` and the flux :math:`F_{bal}` that the relaxation of its own
+    :math:`\overline{[z500]}` towards the planet's equilibrium implies, both divided by the planet's (``truth``)
+    global-mean geopotential; the area-weighted RMS of each and of their difference (the residual, zero for a
+    steady record of the planet up to its sampling error)."""
+    w = latitude_weights(latitudes)
+    planet_geopotential = float(np.average(truth.zonal_mean()[truth.channels.index("z500")], weights=w))
+    zonal_geopotential = sums.zonal_mean()[sums.channels.index("z500")]
+    equilibrium = equilibrium_zonal_geopotential(latitudes, source, mean_seasonal_factor(sums.valid_times(), source.year_days))
+    balanced = balanced_geopotential_flux(zonal_geopotential, equilibrium, latitudes, source.relaxation_days) / planet_geopotential
+    flux = sums.geopotential_flux() / planet_geopotential
+    return {"flux_wind": flux.tolist(), "balanced_flux_wind": balanced.tolist(), "flux_wind_rms": zonal_rms(flux, w),
+            "balanced_flux_wind_rms": zonal_rms(balanced, w), "residual_wind_rms": zonal_rms(flux - balanced, w)}
+
+
+def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid, source: PlanetSourceConfig | None = None) -> dict:
     r"""Per channel: area-weighted global means, the zonal-mean RMS bias
     :math:`\sqrt{\langle (\bar x_{model} - \bar x_{planet})^2 \rangle}` over latitude, the same over the planet's
-    zonal contrast :math:`\sqrt{\langle (\bar x_{planet} - \langle \bar x_{planet} \rangle)^2 \rangle}`, and both
-    time-mean zonal-mean profiles (on ``grid.latitudes``); then the seasonal cycle and the kinetic-energy ratios."""
+    zonal contrast :math:`\sqrt{\langle (\bar x_{planet} - \langle \bar x_{planet} \rangle)^2 \rangle}`, where it lives
+    (:func:`bias_by_latitude_band`) and both time-mean zonal-mean profiles (on ``grid.latitudes``); then the
+    seasonal cycle, the kinetic-energy ratios and, for the planet (``source``), the run's mass budget."""
     w = latitude_weights(grid.latitudes)
     m, t = model.zonal_mean(), truth.zonal_mean()
     table = {}
@@ -287,6 +344,7 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
             "global_mean_bias": global_model - global_truth,
             "zonal_mean_rms_bias": rms,
             "zonal_mean_rms_bias_relative": rms / scale if scale > 0 else float("nan"),
+            **bias_by_latitude_band(m[k] - t[k], grid.latitudes, scale),
             "global_mean_per_year": [year[k] for year in model.global_mean_year],
             "zonal_mean_model": m[k].tolist(),
             "zonal_mean_planet": t[k].tolist(),
@@ -301,6 +359,8 @@ def bias_table(model: ClimateSums, truth: ClimateSums, grid: Grid) -> dict:
     if model.has_wind:
         table["kinetic_energy_ratio"] = model.kinetic_energy() / truth.kinetic_energy()
         table["kinetic_energy_per_year_ratio"] = [k / truth.kinetic_energy() for k in model.ke_year]
+    if source is not None and model.has_flux:
+        table["mass_budget"] = mass_budget(model, truth, source, grid.latitudes)
     return table
 
 
@@ -327,6 +387,7 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
     steps_per_year = round(365.25 * 24 / step_hours)
     n_steps = round(args.years * steps_per_year)
     truth = analysis_climate(config.analysis_path, channels, grid)
+    source = config.source if isinstance(config.source, PlanetSourceConfig) else None
     interpolator = models["dyffusion"].model.interpolator
     if args.no_sampling_dropout and interpolator is not None:
         interpolator.set_mc_dropout(False)
@@ -337,11 +398,13 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
                  "sampling_dropout": not args.no_sampling_dropout,
                  "planet_record": [str(analysis.time.values[0])[:10], str(analysis.time.values[-1])[:10]],
                  "planet_kinetic_energy": truth.kinetic_energy(), "latitudes": [float(v) for v in grid.latitudes]}
+    if source is not None and truth.has_flux:
+        out["planet_mass_budget"] = mass_budget(truth, truth, source, grid.latitudes)
     if args.reference_store is not None:
         reference = analysis_climate(args.reference_store, channels, grid, steps_per_year)
         times = open_analysis(args.reference_store, chunks=None).time.values
         out["noise_floor"] = {"store": str(args.reference_store), "record": [str(times[0])[:10], str(times[-1])[:10]],
-                              "finite": True, **bias_table(reference, truth, grid)}
+                              "finite": True, **bias_table(reference, truth, grid, source)}
         out["noise_floor"].update(judge(out["noise_floor"]))
     for name in args.climate_models:
         clock = time.perf_counter()
@@ -349,7 +412,7 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
                                          lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke),
                                          sampling=not args.no_sampling_dropout)
         out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
-                     **bias_table(sums, truth, grid)}
+                     **bias_table(sums, truth, grid, source)}
         out[name].update(judge(out[name]))
     return out
 
@@ -412,6 +475,11 @@ def drift(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace
 # ---------------------------------------------------------------------- report
 
 
+def print_mass_budget(title: str, budget: dict) -> None:
+    print(f"{title}: geopotential flux / the planet's mean geopotential {budget['flux_wind_rms']:.3g} m/s RMS, "
+          f"balancing its relaxation {budget['balanced_flux_wind_rms']:.3g}, residual {budget['residual_wind_rms']:.3g}")
+
+
 def print_report(result: dict) -> None:
     if "cost" in result:
         c = result["cost"]
@@ -428,7 +496,9 @@ def print_report(result: dict) -> None:
                     f"{v['crps_fair'][i]:>9.3g}/{v['ssr'][i]:.2f}/{v['ensemble_mean_rmse'][i]:<9.3g}" for i in range(len(LEAD_DAYS))))
     if "climate" in result:
         c = result["climate"]
-        for name in [k for k in c if isinstance(c[k], dict)]:
+        if "planet_mass_budget" in c:
+            print_mass_budget("the planet's steady zonal mass budget", c["planet_mass_budget"])
+        for name in [k for k in c if isinstance(c[k], dict) and "finite" in c[k]]:
             v = c[name]
             run = (f"another realisation of the planet, {v['record'][0]} to {v['record'][1]}" if name == "noise_floor"
                    else f"{c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s)")
@@ -437,7 +507,11 @@ def print_report(result: dict) -> None:
                 b = v[channel]
                 print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
                       f"(bias {b['global_mean_bias']:+.3g}); zonal-mean RMS bias {b['zonal_mean_rms_bias']:.3g} "
-                      f"({b['zonal_mean_rms_bias_relative']:.2f} of the planet's zonal contrast)")
+                      f"({b['zonal_mean_rms_bias_relative']:.2f} of the planet's zonal contrast; "
+                      f"{b['polar_share_of_squared_bias']:.0%} of its square poleward of {POLAR_LATITUDE:.0f}, "
+                      f"{b['zonal_mean_rms_bias_relative_equatorward_of_60']:.2f} equatorward)")
+            if "mass_budget" in v:
+                print_mass_budget("  steady zonal mass budget", v["mass_budget"])
             if "seasonal_cycle" in v:
                 sc = v["seasonal_cycle"]
                 print(f"  seasonal cycle of the hemispheric z500 contrast: amplitude {sc['amplitude_ratio']:.2f}x the planet's, "
