@@ -165,7 +165,10 @@ def test_five_years_close_the_steady_zonal_mass_budget(climate: xr.Dataset) -> N
     equilibrium = equilibrium_zonal_geopotential(latitudes, source, mean_seasonal_factor(climate["time"].values, source.year_days))
     balanced = balanced_geopotential_flux(zonal_geopotential, equilibrium, latitudes, source.relaxation_days)
     weights = Grid(17, 32).area_weights()
-    rms = lambda profile: float(np.sqrt(np.average(profile**2, weights=weights)))  # noqa: E731
+
+    def rms(profile: np.ndarray) -> float:
+        return float(np.sqrt(np.average(profile**2, weights=weights)))
+
     assert rms(flux) > 5_000.0, "the planet has a mean meridional circulation"
     assert rms(balanced - flux) < BUDGET_CLOSURE * rms(flux), f"residual {rms(balanced - flux):.0f} of {rms(flux):.0f} m3 s-3"
     # an equilibrium a tenth steeper than the planet's does not close it
@@ -181,7 +184,7 @@ def test_balanced_flux_inverts_the_zonal_mass_budget() -> None:
     departure = -(tau / EARTH_RADIUS_M) * speed * (1.0 - 3.0 * sin_lat**2)
     equilibrium = np.full_like(latitudes, 123.0)  # the global mean of [Phi] - [Phi_eq] plays no part
     balanced = balanced_geopotential_flux(departure + equilibrium + 7.0, equilibrium, latitudes, 3.0)
-    np.testing.assert_allclose(balanced, speed * sin_lat * cos_lat, atol=0.01 * speed)
+    np.testing.assert_allclose(balanced, speed * sin_lat * cos_lat, atol=0.002 * speed)
     assert balanced[0] == balanced[-1] == 0.0  # pole rows
     np.testing.assert_allclose(balanced_geopotential_flux(departure[::-1], 0.0 * latitudes, latitudes[::-1], 3.0), balanced[::-1],
                                atol=1e-9 * speed)
