@@ -9,12 +9,14 @@ deterministic counterpart); DYffusion networks of the same tiny size with
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch_harmonics import InverseRealVectorSHT, RealVectorSHT
 
 from models.dyffusion import DYffusion
 from models.forcings import posix_seconds
@@ -31,8 +33,10 @@ from pipeline.training.checkpoint import (
 )
 from pipeline.training.distributed import DistributedContext
 from pipeline.training.launch import plan_training
-from pipeline.training.losses import SphericalAMSE
+from pipeline.training.config import training_objective
+from pipeline.training.losses import SphericalAMSE, SphericalMSE
 from pipeline.training.trainer import Trainer
+from pipeline.training.wind_loss import HelmholtzWindLoss
 from tests.conftest import REPO_ROOT, run_myriad
 from tests.ensemble_fixtures import SEEDS, build_run
 from tests.training_fixtures import merged, write_config
@@ -171,6 +175,39 @@ def test_a_forecaster_trains_with_the_adjusted_mse(run: dict, tmp_path: Path) ->
     assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
     with pytest.raises(MyriadError, match="forecaster_loss"):
         load_config(write(run, tmp_path / "bad.yaml", model={**adjusted, "dyffusion": {"forecaster_loss": "l2"}}))
+
+
+def test_both_stages_score_the_wind_as_its_rotational_and_divergent_parts(run: dict, tmp_path: Path) -> None:
+    interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
+    helmholtz = {**DYFFUSION, "name": "helmholtz", "scale_factor": 2, "dyffusion": {
+        **DYFFUSION["dyffusion"], "forecaster_loss": "amse", "interpolator_checkpoint": str(interpolator)}}
+    config = load_config(write(run, tmp_path / "helmholtz.yaml", model=helmholtz,
+                               training={**run["training"], "wind_loss": "helmholtz", "climatology_samples": 64}))
+    assert isinstance(Trainer(config, 0, SINGLE, "interpolator").objective.loss.loss, SphericalMSE)
+    trainer = Trainer(config, 0, SINGLE, "forecaster")
+    loss = trainer.objective.loss
+    assert isinstance(loss, HelmholtzWindLoss) and isinstance(loss.loss, SphericalAMSE)
+    # each scale is its part's RMS 6-hour change, here from the parts' winds on the grid
+    grid, frames = trainer.data.grid, trainer.train_frames
+    u, v = run["channels"].index("u500"), run["channels"].index("v500")
+    lmax = (grid.nlat + 1) // 2
+    vsht = RealVectorSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=lmax, grid="equiangular").double()
+    ivsht = InverseRealVectorSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=lmax, grid="equiangular").double()
+    wind = trainer.data.normalisation.denormalise(frames.read(np.arange(len(frames))).double())[:, [u, v]]
+    coefficients = vsht(torch.stack([-wind[:, 1], wind[:, 0]], dim=1))
+    quadrature = torch.as_tensor(grid.quadrature_weights())
+    expected = []
+    for kept in (1, 0):  # toroidal (rotational), spheroidal (divergent)
+        part = ivsht(coefficients * (torch.arange(2) == kept)[:, None, None])
+        change = (part[1:] - part[:-1]).square().sum(dim=1)
+        expected.append(float((change * quadrature).sum(dim=(-2, -1)).mean().sqrt()))
+    assert len(frames) <= config.training.climatology_samples  # the trainer used every frame too
+    np.testing.assert_allclose(loss.potentials.scales[0].numpy(), expected, rtol=0.02)
+    assert expected[1] < expected[0]  # the divergent wind changes less than the rotational
+    result = trainer.fit()
+    assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+    saved = json.loads(read_checkpoint(result.directory / LAST)["config"])
+    assert training_objective(saved, "forecaster")["wind_loss"] == "helmholtz"
 
 
 def test_both_stages_warm_start_from_the_trained_model_with_an_appended_forcing(run: dict, tmp_path: Path) -> None:

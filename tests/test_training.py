@@ -304,8 +304,8 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     # settings an older checkpoint's config lacks take their defaults
     legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
     assert training_objective(legacy, "forecaster") == {
-        "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "pushforward_chains": 8,
-        "forecaster_loss": "l1"}
+        "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "wind_loss": "components",
+        "pushforward_chains": 8, "forecaster_loss": "l1"}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(
@@ -413,6 +413,14 @@ def test_an_unreadable_stats_file_is_refused(store: dict, tmp_path: Path) -> Non
     xr.Dataset({"mean": ("channel", [1.0])}, coords={"channel": ["t2m"]}).to_netcdf(run_dir / "stats.nc")
     with pytest.raises(MyriadError, match="stats file .*stats.nc"):
         Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_a_wind_loss_split_without_a_wind_pair_is_refused(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "nopair", training={"wind_loss": "helmholtz"})  # u10m without v10m
+    with pytest.raises(MyriadError, match=r"training.wind_loss: helmholtz scores wind pairs .* have none"):
+        Trainer(config, seed=0, ctx=SINGLE)
+    with pytest.raises(MyriadError, match="wind_loss"):
+        config_for(store, tmp_path, "badsplit", training={"wind_loss": "vorticity"})
 
 
 def test_a_period_outside_the_store_names_the_key(store: dict, tmp_path: Path) -> None:

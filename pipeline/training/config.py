@@ -282,6 +282,11 @@ class TrainingConfig(StrictModel):
     """Loss weight per channel (default 1); normalised to mean 1 over the channels."""
     loss_units: Literal["tendency", "normalised"] = "tendency"
     """Measure each channel's error in units of its one-step tendency std (HENS) or of its std."""
+    wind_loss: Literal["components", "helmholtz"] = "components"
+    """Score each wind pair (``u500``/``v500``...) as its two components, or as its rotational and
+    divergent parts, each in units of its own change (:mod:`pipeline.training.wind_loss`: the
+    divergent wind, which carries the zonal-mean ``v`` and the mass, is otherwise lost in the
+    rotational wind's error). ``helmholtz`` needs at least one pair among the channels."""
     checkpoint_every: int = Field(500, ge=1)
     """Write ``last.pt`` every N steps (and at each epoch end and at the end)."""
     log_every: int = Field(20, ge=1)
@@ -342,7 +347,7 @@ class TrainingConfig(StrictModel):
         return self.rollout_steps if step >= self.rollout_start_step else 1
 
 
-_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights"))
+_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights", "wind_loss"))
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),

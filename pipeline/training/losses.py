@@ -130,12 +130,17 @@ class SphericalAMSE(SphericalMSE):
 
     def __init__(self, grid: Grid, channel_weights: np.ndarray) -> None:
         super().__init__(grid, channel_weights)
-        self.lmax = (grid.nlat + 1) // 2
+        self.lmax = self.degrees(grid)
         r""":math:`L`: degrees below it enter the loss."""
         self.analysis = SpectralAnalysis(RealSHT(grid.nlat, grid.nlon, lmax=self.lmax, mmax=min(self.lmax, grid.nlon // 2 + 1),
                                                  grid="equiangular", norm="ortho").float())
         factors = harmonic_factors(grid.nlon, self.analysis.mmax) / (4.0 * torch.pi)
         self.register_buffer("order_factors", factors, persistent=False)
+
+    @staticmethod
+    def degrees(grid: Grid) -> int:
+        r""":math:`L = \lfloor (n_{lat} + 1) / 2 \rfloor`, the number of degrees the loss scores (those the grid resolves)."""
+        return (grid.nlat + 1) // 2
 
     def spectra(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:math:`P_x, P_y, X` per total wavenumber (float64), each of shape ``(*batch, L)``."""

@@ -48,6 +48,7 @@ from models.dyffusion import DYffusion
 from models.registry import build_model
 from models.sfno import SFNO
 from pipeline.config import MyriadConfig
+from pipeline.data.channels import wind_pairs
 from pipeline.data.store import format_time
 from pipeline.errors import MyriadError
 from pipeline.training.averaging import WeightAverage
@@ -94,6 +95,7 @@ from pipeline.training.optim import (
 )
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
 from pipeline.training.warm_start import init_checkpoint_path, warm_start
+from pipeline.training.wind_loss import PARTS, HelmholtzWindLoss, WindPotentials, helmholtz_channel_weights, wind_part_scales
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +221,8 @@ class Trainer:
         self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
                                            device=ctx.device)[:, None, None]
         self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
+        """The validation metric's per-channel MSE; also the training loss of the SFNO and the interpolator without a wind split."""
+        self.wind_potentials = self._wind_potentials() if training.wind_loss == "helmholtz" else None
 
         grid = self.data.grid
         self.kind, self.hparams = config.model.stage_model(self.stage, list(self.data.channels), len(self.data.static_names),
@@ -237,9 +241,9 @@ class Trainer:
                              if interpolator is not None else None)
         self.interpolator_info = interpolator
         if self.stage is None:
-            objective: nn.Module = RolloutLoss(self.model, self.loss, self.step_hours * 3600.0)
+            objective: nn.Module = RolloutLoss(self.model, self._scored(SphericalMSE, units), self.step_hours * 3600.0)
         else:
-            stage_loss = self.loss if self.stage == "interpolator" else self._forecaster_loss(units).to(ctx.device)
+            stage_loss = self._scored(SphericalMSE, units) if self.stage == "interpolator" else self._forecaster_loss(units)
             objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator, pushforward,
                                   self.step_hours * 3600.0)
         if ctx.distributed:
@@ -275,19 +279,50 @@ class Trainer:
 
     def _forecaster_loss(self, units: np.ndarray | None) -> nn.Module:
         """The DYffusion forecaster stage's loss (``model.dyffusion.forecaster_loss``)."""
-        channels, weights = self.data.channels, self.training.channel_weights
         if self.config.model.dyffusion.forecaster_loss == "amse":
-            loss = SphericalAMSE(self.data.grid, channel_weight_vector(channels, weights, units))
+            lmax = SphericalAMSE.degrees(self.data.grid)
             network = next(m for m in self.model.modules() if isinstance(m, SFNO))
-            if not network.bandlimit_output or network.sht_data.lmax > loss.lmax:
+            if not network.bandlimit_output or network.sht_data.lmax > lmax:
                 raise MyriadError(
-                    f"model.dyffusion.forecaster_loss amse scores the spherical harmonic degrees below {loss.lmax}, "
+                    f"model.dyffusion.forecaster_loss amse scores the spherical harmonic degrees below {lmax}, "
                     f"but this forecaster's increments reach degree {network.sht_data.lmax - 1}"
                     f"{'' if network.bandlimit_output else ' and beyond (bandlimit_output is off)'}; "
                     "use model.scale_factor >= 2 with bandlimit_output: true, or forecaster_loss: l1"
                 )
-            return loss
-        return SphericalL1(self.data.grid, channel_weight_vector(channels, weights, units, power=1))
+            return self._scored(SphericalAMSE, units)
+        return self._scored(SphericalL1, units, power=1)
+
+    def _scored(self, loss_class: type[SphericalMSE], units: np.ndarray | None, power: int = 2) -> nn.Module:
+        """A training loss of ``loss_class``, of the wind pairs' rotational and divergent parts with ``wind_loss: helmholtz``."""
+        channels, weights = list(self.data.channels), self.training.channel_weights
+        if self.wind_potentials is None:
+            return loss_class(self.data.grid, channel_weight_vector(channels, weights, units, power)).to(self.ctx.device)
+        base = loss_class(self.data.grid, helmholtz_channel_weights(channels, weights, self.wind_potentials.pairs, units, power))
+        return HelmholtzWindLoss(base, self.wind_potentials).to(self.ctx.device)
+
+    def _wind_potentials(self) -> WindPotentials:
+        """The wind pairs' potentials scaled by each part's change over the training frames (``wind_loss: helmholtz``).
+
+        Raises
+        ------
+        MyriadError
+            No wind pair among the channels, or a part that never changes.
+        """
+        channels, grid = list(self.data.channels), self.data.grid
+        pairs = wind_pairs(channels)
+        if not pairs:
+            raise MyriadError(f"training.wind_loss: helmholtz scores wind pairs (such as u500 and v500), but the channels "
+                              f"{channels} have none; use wind_loss: components")
+        raw = WindPotentials(grid, pairs, self.data.normalisation)
+        scales = wind_part_scales(self.train_frames, raw, grid.quadrature_weights(), self.training.climatology_samples,
+                                  self.training.loss_units)
+        for (i, j), scale in zip(pairs, scales):
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                raise MyriadError(f"training.wind_loss: helmholtz: the {channels[i]}/{channels[j]} pair's "
+                                  f"{' and '.join(p for p, s in zip(PARTS, scale) if not s > 0)} part never changes in the training frames")
+            logger.info("wind loss: %s/%s scored as rotational and divergent parts, scales %.4g and %.4g m/s (%s)",
+                        channels[i], channels[j], scale[0], scale[1], self.training.loss_units)
+        return WindPotentials(grid, pairs, self.data.normalisation, scales).to(self.ctx.device)
 
     def _lead_steps(self, hours: int, key: str) -> int:
         if hours % self.step_hours:
