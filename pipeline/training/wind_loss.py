@@ -14,9 +14,10 @@ and the same with :math:`\chi` for the divergent part. So the scalar fields
 :math:`\tilde\psi = \sum_{lm} \sqrt{l(l+1)}\,\psi_{lm} Y_{lm}` and
 :math:`\tilde\chi` (the same with :math:`\chi_{lm}`) carry each part's energy
 degree by degree: the area-weighted squared error of :math:`\tilde\psi`, or
-the adjusted MSE of its spectrum, is that of the rotational wind, and
-likewise for :math:`\tilde\chi` and the divergent wind (over the degrees
-:math:`1 \le l < L`, :math:`L = \lfloor (n_{lat}+1)/2 \rfloor`). torch-harmonics'
+the adjusted MSE of its spectrum, is that of the rotational wind over the
+degrees :math:`1 \le l < L` (:math:`L = \lfloor (n_{lat}+1)/2 \rfloor`), and
+likewise for :math:`\tilde\chi` and the divergent wind; with the L1 loss
+it is the absolute error of the potentials, not of the wind vectors. torch-harmonics'
 vector transform of the wind (m/s) returns :math:`\chi_{lm}` and
 :math:`\psi_{lm}` (its spheroidal and toroidal coefficients, on the unit
 sphere); they are multiplied by :math:`\sqrt{l(l+1)}` here.
