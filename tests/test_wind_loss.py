@@ -86,6 +86,8 @@ def test_a_divergent_error_is_scored_in_the_divergent_slot_by_the_divergent_scal
     # both slots carry the pair's mean weight, unit 1; z500 keeps its own
     vector = helmholtz_channel_weights(CHANNELS, weights, PAIRS, units)
     np.testing.assert_allclose(vector, np.array([1.0, 2.0, 2.0]) * 3 / 5 / np.array([units[0] ** 2, 1.0, 1.0]))
+    tenth = helmholtz_channel_weights(CHANNELS, weights, PAIRS, units, divergent_weight=0.1)
+    np.testing.assert_allclose(tenth, vector * np.array([1.0, 1.0, 0.1]))  # training.divergent_wind_weight
     # scored as components, the same error weighs (0.002 / 0.01 x divergent over total wind)^2 less
     components = loss_class(GRID, channel_weight_vector(CHANNELS, weights, units))
     assert float((components(prediction, target))) < 0.01 * float(loss(prediction, target))

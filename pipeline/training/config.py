@@ -287,6 +287,8 @@ class TrainingConfig(StrictModel):
     divergent parts, each in units of its own change (:mod:`pipeline.training.wind_loss`: the
     divergent wind, which carries the zonal-mean ``v`` and the mass, is otherwise lost in the
     rotational wind's error). ``helmholtz`` needs at least one pair among the channels."""
+    divergent_wind_weight: float = Field(1.0, gt=0)
+    """With ``wind_loss: helmholtz``, a factor on each pair's divergent term (after the channel weights)."""
     checkpoint_every: int = Field(500, ge=1)
     """Write ``last.pt`` every N steps (and at each epoch end and at the end)."""
     log_every: int = Field(20, ge=1)
@@ -347,7 +349,7 @@ class TrainingConfig(StrictModel):
         return self.rollout_steps if step >= self.rollout_start_step else 1
 
 
-_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights", "wind_loss"))
+_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights", "wind_loss", "divergent_wind_weight"))
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),

@@ -297,7 +297,8 @@ class Trainer:
         channels, weights = list(self.data.channels), self.training.channel_weights
         if self.wind_potentials is None:
             return loss_class(self.data.grid, channel_weight_vector(channels, weights, units, power)).to(self.ctx.device)
-        base = loss_class(self.data.grid, helmholtz_channel_weights(channels, weights, self.wind_potentials.pairs, units, power))
+        base = loss_class(self.data.grid, helmholtz_channel_weights(channels, weights, self.wind_potentials.pairs, units, power,
+                                                                    self.training.divergent_wind_weight))
         return HelmholtzWindLoss(base, self.wind_potentials).to(self.ctx.device)
 
     def _wind_potentials(self) -> WindPotentials:

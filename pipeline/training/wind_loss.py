@@ -139,15 +139,18 @@ def wind_part_scales(frames: Frames, potentials: WindPotentials, quadrature: np.
 
 
 def helmholtz_channel_weights(channels: list[str], weights: dict[str, float], pairs: list[tuple[int, int]],
-                              units: np.ndarray | None, power: int = 2) -> np.ndarray:
-    """Loss weights with each pair's two slots at the mean of the pair's weights and unit 1 (the scales are applied before)."""
+                              units: np.ndarray | None, power: int = 2, divergent_weight: float = 1.0) -> np.ndarray:
+    """Loss weights with each pair's two slots at the mean of the pair's weights and unit 1 (the scales are
+    applied before), the divergent slot's then times ``divergent_weight``."""
     pair_weights = dict(weights)
     unit = np.ones(len(channels)) if units is None else np.array(units, dtype=np.float64)
     for i, j in pairs:
         mean_weight = 0.5 * (weights.get(channels[i], 1.0) + weights.get(channels[j], 1.0))
         pair_weights[channels[i]] = pair_weights[channels[j]] = mean_weight
         unit[i] = unit[j] = 1.0
-    return channel_weight_vector(channels, pair_weights, unit, power)
+    vector = channel_weight_vector(channels, pair_weights, unit, power)
+    vector[[j for _, j in pairs]] *= divergent_weight
+    return vector
 
 
 class HelmholtzWindLoss(nn.Module):
