@@ -305,7 +305,7 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
     assert training_objective(legacy, "forecaster") == {
         "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "wind_loss": "components",
-        "pushforward_chains": 8, "forecaster_loss": "l1"}
+        "divergent_wind_weight": 1.0, "pushforward_chains": 8, "forecaster_loss": "l1"}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(
