@@ -221,7 +221,7 @@ class Trainer:
         self.noise_scale = torch.as_tensor(training.input_noise * self.data.tendency_ratio, dtype=torch.float32,
                                            device=ctx.device)[:, None, None]
         self.loss = SphericalMSE(self.data.grid, channel_weight_vector(self.data.channels, training.channel_weights, units)).to(ctx.device)
-        """The validation metric's per-channel MSE; also the training loss of the SFNO and the interpolator without a wind split."""
+        """The validation metric's per-channel MSE (of the components, whatever ``training.wind_loss``)."""
         self.wind_potentials = self._wind_potentials() if training.wind_loss == "helmholtz" else None
 
         grid = self.data.grid

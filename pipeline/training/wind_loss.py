@@ -23,7 +23,7 @@ vector transform of the wind (m/s) returns :math:`\chi_{lm}` and
 sphere); they are multiplied by :math:`\sqrt{l(l+1)}` here.
 
 Why score the parts apart: on the planet the divergent wind holds 1e-4 of the
-kinetic energy and 1e-3 of its 6-hour change, so scored as the components
+kinetic energy and 8e-4 of its 6-hour change, so scored as the components
 ``u`` and ``v`` an error as large as the divergent wind itself is lost in the
 rotational wind's error. Yet the zonal-mean northward wind is the divergent
 wind alone (the rotational part has no zonal mean of ``v``), and it is what
@@ -46,7 +46,7 @@ from torch_harmonics import InverseRealSHT, RealVectorSHT
 
 from pipeline.grid import Grid
 from pipeline.training.dataset import Frames
-from pipeline.training.losses import channel_weight_vector
+from pipeline.training.losses import SphericalAMSE, channel_weight_vector
 from pipeline.training.normalisation import Normalisation
 from pipeline.training.validation import evenly_spaced
 
@@ -73,7 +73,7 @@ class WindPotentials(nn.Module):
                  scales: np.ndarray | None = None) -> None:
         super().__init__()
         self.pairs = [tuple(pair) for pair in pairs]
-        lmax = (grid.nlat + 1) // 2
+        lmax = SphericalAMSE.degrees(grid)
         mmax = min(lmax, grid.nlon // 2 + 1)
         self.vsht = RealVectorSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=mmax, grid="equiangular").float()
         self.isht = InverseRealSHT(grid.nlat, grid.nlon, lmax=lmax, mmax=mmax, grid="equiangular").float()
