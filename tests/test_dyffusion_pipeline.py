@@ -196,14 +196,20 @@ def test_both_stages_score_the_wind_as_its_rotational_and_divergent_parts(run: d
     wind = trainer.data.normalisation.denormalise(frames.read(np.arange(len(frames))).double())[:, [u, v]]
     coefficients = vsht(torch.stack([-wind[:, 1], wind[:, 0]], dim=1))
     quadrature = torch.as_tensor(grid.quadrature_weights())
-    expected = []
+    expected, spread = [], []
     for kept in (1, 0):  # toroidal (rotational), spheroidal (divergent)
         part = ivsht(coefficients * (torch.arange(2) == kept)[:, None, None])
         change = (part[1:] - part[:-1]).square().sum(dim=1)
         expected.append(float((change * quadrature).sum(dim=(-2, -1)).mean().sqrt()))
+        anomaly = (part - part.mean(dim=0)).square().sum(dim=1)
+        spread.append(float((anomaly * quadrature).sum(dim=(-2, -1)).mean().sqrt()))
     assert len(frames) <= config.training.climatology_samples  # the trainer used every frame too
     np.testing.assert_allclose(loss.potentials.scales[0].numpy(), expected, rtol=0.02)
     assert expected[1] < expected[0]  # the divergent wind changes less than the rotational
+    # with loss_units: normalised, each part's RMS about its time mean
+    normalised = load_config(write(run, tmp_path / "normalised.yaml", model=helmholtz, training={
+        **run["training"], "wind_loss": "helmholtz", "climatology_samples": 64, "loss_units": "normalised"}))
+    np.testing.assert_allclose(Trainer(normalised, 0, SINGLE, "interpolator").wind_potentials.scales[0].numpy(), spread, rtol=0.02)
     result = trainer.fit()
     assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
     saved = json.loads(read_checkpoint(result.directory / LAST)["config"])

@@ -118,8 +118,7 @@ def wind_part_scales(frames: Frames, potentials: WindPotentials, quadrature: np.
     """
     q = torch.as_tensor(quadrature, dtype=torch.float64)
     index = evenly_spaced(len(frames) - (1 if units == "tendency" else 0), n_samples)
-    sums = torch.zeros(len(potentials.pairs), 2, dtype=torch.float64)
-    squares = torch.zeros_like(sums)
+    squares = torch.zeros(len(potentials.pairs), 2, dtype=torch.float64)
     fields = torch.zeros(len(potentials.pairs), 2, *q.shape, dtype=torch.float64)
     for start in range(0, len(index), chunk):
         part = index[start : start + chunk]
