@@ -113,8 +113,8 @@ def wind_part_scales(frames: Frames, potentials: WindPotentials, quadrature: np.
     the RMS one-step change of the part's energy-normalised potential over up to
     ``n_samples`` evenly spaced pairs of consecutive frames (equal to the RMS
     change of the part's wind vector); ``"normalised"``: the RMS of the
-    potential about its time mean over up to ``n_samples`` frames.
-    ``potentials`` must have unit scales.
+    potential about its time mean over up to ``n_samples`` frames. The
+    potentials' own scales do not enter (:meth:`WindPotentials.potentials` is unscaled).
     """
     q = torch.as_tensor(quadrature, dtype=torch.float64)
     index = evenly_spaced(len(frames) - (1 if units == "tendency" else 0), n_samples)
@@ -122,10 +122,12 @@ def wind_part_scales(frames: Frames, potentials: WindPotentials, quadrature: np.
     fields = torch.zeros(len(potentials.pairs), 2, *q.shape, dtype=torch.float64)
     for start in range(0, len(index), chunk):
         part = index[start : start + chunk]
+        current = frames.read(part)
+        following = frames.read(part + 1) if units == "tendency" else None
         for k in range(len(potentials.pairs)):
-            now = potentials.potentials(frames.read(part), k).double()
-            if units == "tendency":
-                change = potentials.potentials(frames.read(part + 1), k).double() - now
+            now = potentials.potentials(current, k).double()
+            if following is not None:
+                change = potentials.potentials(following, k).double() - now
                 squares[k] += (change.square() * q).sum(dim=(0, -2, -1))
             else:
                 fields[k] += now.sum(dim=0)
