@@ -34,6 +34,7 @@ from pipeline.training.distributed import DistributedContext
 from pipeline.training.forecast import Forecaster
 from pipeline.training.losses import SphericalAMSE, SphericalMSE, channel_weight_vector
 from pipeline.training.optim import cosine_with_warmup
+from pipeline.training.polar_loss import PolarEmphasis
 from pipeline.training.run import ERROR_PREFIX
 from pipeline.training.trainer import Trainer
 from tests.analysis_files import CHANNELS, GRID
@@ -305,7 +306,8 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     legacy = {"training": {"input_noise": 1.0}, "model": {"dyffusion": {"pushforward_chains": 8}}}
     assert training_objective(legacy, "forecaster") == {
         "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "wind_loss": "components",
-        "divergent_wind_weight": 1.0, "pushforward_chains": 8, "forecaster_loss": "l1"}
+        "divergent_wind_weight": 1.0, "polar_weight": 0.0, "polar_latitude": 60.0, "pushforward_chains": 8,
+        "forecaster_loss": "l1"}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(
@@ -413,6 +415,25 @@ def test_an_unreadable_stats_file_is_refused(store: dict, tmp_path: Path) -> Non
     xr.Dataset({"mean": ("channel", [1.0])}, coords={"channel": ["t2m"]}).to_netcdf(run_dir / "stats.nc")
     with pytest.raises(MyriadError, match="stats file .*stats.nc"):
         Trainer(config, seed=0, ctx=SINGLE)
+
+
+def test_the_training_loss_can_score_the_polar_rows_more_than_their_area(store: dict, tmp_path: Path) -> None:
+    config = config_for(store, tmp_path, "polar", training={"max_steps": 2, "polar_weight": 3.0, "polar_latitude": 50.0})
+    trainer = Trainer(config, seed=0, ctx=SINGLE)
+    loss = trainer.objective.loss
+    assert isinstance(loss, PolarEmphasis) and loss.weight == 3.0 and isinstance(loss.base, SphericalMSE)
+    rows = loss.polar.quadrature.sum(dim=-1) > 0
+    assert rows.tolist() == (np.abs(trainer.data.grid.latitudes) >= 50.0).tolist() and 0 < rows.sum() < len(rows)
+    torch.testing.assert_close(loss.polar.channel_weights, loss.base.channel_weights)
+    assert not isinstance(trainer.loss, PolarEmphasis)  # validation scores the sphere by area
+    result = trainer.fit()
+    saved = json.loads(read_checkpoint(result.directory / LAST)["config"])
+    assert training_objective(saved, None)["polar_weight"] == 3.0
+    for latitude in (0.0, 90.0):
+        with pytest.raises(MyriadError, match="polar_latitude"):
+            config_for(store, tmp_path, "badpolar", training={"polar_weight": 1.0, "polar_latitude": latitude})
+    with pytest.raises(MyriadError, match="polar_weight"):
+        config_for(store, tmp_path, "badpolar", training={"polar_weight": -1.0})
 
 
 def test_a_wind_loss_split_without_a_wind_pair_is_refused(store: dict, tmp_path: Path) -> None:

@@ -289,6 +289,11 @@ class TrainingConfig(StrictModel):
     rotational wind's error). ``helmholtz`` needs at least one pair among the channels."""
     divergent_wind_weight: float = Field(1.0, gt=0)
     """With ``wind_loss: helmholtz``, a factor on each pair's divergent term (after the channel weights)."""
+    polar_weight: float = Field(0.0, ge=0)
+    """Extra weight on the rows poleward of ``polar_latitude``: the training loss adds this times their
+    area-weighted error (:mod:`pipeline.training.polar_loss`); 0 scores every row by its area alone."""
+    polar_latitude: float = Field(60.0, gt=0, lt=90)
+    """Degrees (either hemisphere) from which ``polar_weight`` applies."""
     checkpoint_every: int = Field(500, ge=1)
     """Write ``last.pt`` every N steps (and at each epoch end and at the end)."""
     log_every: int = Field(20, ge=1)
@@ -349,7 +354,8 @@ class TrainingConfig(StrictModel):
         return self.rollout_steps if step >= self.rollout_start_step else 1
 
 
-_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights", "wind_loss", "divergent_wind_weight"))
+_EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights", "wind_loss", "divergent_wind_weight",
+                                 "polar_weight", "polar_latitude"))
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),

@@ -61,11 +61,15 @@ class SphericalMSE(nn.Module):
         Grid of the fields (quadrature weights).
     channel_weights
         One weight per channel (:func:`channel_weight_vector`).
+    row_weights
+        Optional factor per latitude row on the quadrature weights (shape ``(nlat,)``), for a loss
+        restricted to some rows (:mod:`pipeline.training.polar_loss`); default all ones.
     """
 
-    def __init__(self, grid: Grid, channel_weights: np.ndarray) -> None:
+    def __init__(self, grid: Grid, channel_weights: np.ndarray, row_weights: np.ndarray | None = None) -> None:
         super().__init__()
-        self.register_buffer("quadrature", torch.as_tensor(grid.quadrature_weights(), dtype=torch.float32))
+        quadrature = grid.quadrature_weights() if row_weights is None else grid.quadrature_weights() * np.asarray(row_weights)[:, None]
+        self.register_buffer("quadrature", torch.as_tensor(quadrature, dtype=torch.float32))
         self.register_buffer("channel_weights", torch.as_tensor(channel_weights, dtype=torch.float32))
 
     def per_channel(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

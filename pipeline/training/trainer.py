@@ -95,6 +95,7 @@ from pipeline.training.optim import (
 )
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
 from pipeline.training.warm_start import init_checkpoint_path, warm_start
+from pipeline.training.polar_loss import PolarEmphasis, polar_term
 from pipeline.training.wind_loss import PARTS, HelmholtzWindLoss, WindPotentials, helmholtz_channel_weights, wind_part_scales
 
 logger = logging.getLogger(__name__)
@@ -293,13 +294,20 @@ class Trainer:
         return self._scored(SphericalL1, units, power=1)
 
     def _scored(self, loss_class: type[SphericalMSE], units: np.ndarray | None, power: int = 2) -> nn.Module:
-        """A training loss of ``loss_class``, of the wind pairs' rotational and divergent parts with ``wind_loss: helmholtz``."""
-        channels, weights = list(self.data.channels), self.training.channel_weights
+        """A training loss of ``loss_class``, of the wind pairs' rotational and divergent parts with ``wind_loss: helmholtz``,
+        plus the polar rows' error with ``polar_weight > 0``."""
+        channels, weights, grid = list(self.data.channels), self.training.channel_weights, self.data.grid
+        component_weights = channel_weight_vector(channels, weights, units, power)
         if self.wind_potentials is None:
-            return loss_class(self.data.grid, channel_weight_vector(channels, weights, units, power)).to(self.ctx.device)
-        base = loss_class(self.data.grid, helmholtz_channel_weights(channels, weights, self.wind_potentials.pairs, units, power,
-                                                                    self.training.divergent_wind_weight))
-        return HelmholtzWindLoss(base, self.wind_potentials).to(self.ctx.device)
+            loss: nn.Module = loss_class(grid, component_weights)
+        else:
+            loss = HelmholtzWindLoss(loss_class(grid, helmholtz_channel_weights(channels, weights, self.wind_potentials.pairs, units,
+                                                                                power, self.training.divergent_wind_weight)),
+                                     self.wind_potentials)
+        if self.training.polar_weight > 0:
+            loss = PolarEmphasis(loss, polar_term(grid, self.training.polar_latitude, component_weights, absolute=power == 1),
+                                 self.training.polar_weight)
+        return loss.to(self.ctx.device)
 
     def _wind_potentials(self) -> WindPotentials:
         """The wind pairs' potentials scaled by each part's change over the training frames (``wind_loss: helmholtz``).
