@@ -492,3 +492,43 @@ def test_stage_loss_with_pushforward_scores_the_pushed_sub_window() -> None:
         with pytest.raises(ValueError, match="pushforward is for the forecaster stage"):
             StageLoss(stage_name, forecaster, l1, None, **bad)
 
+
+
+def test_forecaster_inputs_can_interpolate_towards_its_own_jump_as_the_sampler_does() -> None:
+    h = 3
+    w = window(batch=32, h=h)
+    forecaster, interpolator = RecordingForecaster(a=7.0, b=0.5), BlendInterpolator(c=0.25)
+    inputs, i, target = forecaster_batch(w, interpolator, torch.Generator().manual_seed(0), forecaster=forecaster)
+    steps = torch.round(i * h).long()
+    inner = steps > 0
+    assert torch.equal(target, w[:, h]) and torch.equal(inputs[~inner], w[~inner, 0])
+    jump = w[inner, 0] + 7.0  # F(x_t, 0) = x_t + a
+    torch.testing.assert_close(inputs[inner], interpolator(w[inner, 0], jump, i[inner]))
+    (called, fractions), = forecaster.calls  # one jump, of the interpolated samples only, at i = 0
+    assert torch.equal(called, w[inner, 0]) and torch.equal(fractions, torch.zeros(int(inner.sum())))
+    # at n = 1 the input is the sampler's first state exactly
+    first = steps == 1
+    sampler_first = reference_chain(w[first, 0], h, RecordingForecaster(a=7.0, b=0.5), BlendInterpolator(c=0.25))[0]
+    torch.testing.assert_close(inputs[first], sampler_first)
+
+
+def test_stage_loss_interpolates_towards_the_forecast_only_when_asked() -> None:
+    torch.manual_seed(0)
+    h = 2
+    w = torch.randn(3, h + 1, 3, NLAT, NLON)
+    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
+    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
+    l1 = SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+    losses = {}
+    for end in ("truth", "forecast"):
+        stage = StageLoss("forecaster", forecaster, l1, frozen, interpolation_end=end)
+        torch.manual_seed(5)
+        losses[end] = stage(w, generator=torch.Generator().manual_seed(3))
+        torch.manual_seed(5)
+        expected = forecaster_loss(forecaster, w, frozen, l1, torch.Generator().manual_seed(3),
+                                   interpolate_to_forecast=end == "forecast")
+        torch.testing.assert_close(losses[end], expected)
+    assert not torch.equal(losses["truth"], losses["forecast"])
+    for stage_name, end in (("interpolator", "forecast"), ("forecaster", "jump")):
+        with pytest.raises(ValueError, match="interpolation_end"):
+            StageLoss(stage_name, forecaster, l1, None, interpolation_end=end)

@@ -160,19 +160,23 @@ def test_a_forecaster_trains_on_its_own_pushed_forward_states(run: dict, tmp_pat
         load_config(write(run, tmp_path / "bad.yaml", model={**pushed, "dyffusion": {"pushforward_chains": -1}}))
 
 
-def test_a_forecaster_trains_with_the_adjusted_mse(run: dict, tmp_path: Path) -> None:
+def test_a_forecaster_trains_with_the_adjusted_mse_on_inputs_interpolated_towards_its_forecast(run: dict, tmp_path: Path) -> None:
     interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
     adjusted = {**DYFFUSION, "name": "adjusted", "scale_factor": 2, "dyffusion": {
-        **DYFFUSION["dyffusion"], "forecaster_loss": "amse", "interpolator_checkpoint": str(interpolator)}}
+        **DYFFUSION["dyffusion"], "forecaster_loss": "amse", "interpolator_checkpoint": str(interpolator),
+        "interpolation_end": "forecast"}}
     # on the data grid (scale_factor 1) the increments reach degrees the loss does not score
     full = load_config(write(run, tmp_path / "full.yaml", model={**adjusted, "scale_factor": 1}))
     with pytest.raises(MyriadError, match=r"forecaster_loss amse scores the spherical harmonic degrees below \d+"):
         Trainer(full, 0, SINGLE, "forecaster")
     config = load_config(write(run, tmp_path / "adjusted.yaml", model=adjusted))
     trainer = Trainer(config, 0, SINGLE, "forecaster")
-    assert isinstance(trainer.objective.loss, SphericalAMSE)
+    assert isinstance(trainer.objective.loss, SphericalAMSE) and trainer.objective.interpolation_end == "forecast"
+    assert Trainer(config, 0, SINGLE, "interpolator").objective.interpolation_end == "truth"  # a forecaster setting
     result = trainer.fit()
     assert result.steps == run["training"]["max_steps"] and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
+    assert training_objective(json.loads(read_checkpoint(result.directory / LAST)["config"]), "forecaster")[
+        "interpolation_end"] == "forecast"
     with pytest.raises(MyriadError, match="forecaster_loss"):
         load_config(write(run, tmp_path / "bad.yaml", model={**adjusted, "dyffusion": {"forecaster_loss": "l2"}}))
 

@@ -307,7 +307,7 @@ def test_a_run_resumed_with_another_training_loss_chooses_best_pt_afresh(
     assert training_objective(legacy, "forecaster") == {
         "input_noise": 1.0, "loss_units": "tendency", "channel_weights": {}, "wind_loss": "components",
         "divergent_wind_weight": 1.0, "polar_weight": 0.0, "polar_latitude": 60.0, "pushforward_chains": 8,
-        "forecaster_loss": "l1"}
+        "forecaster_loss": "l1", "interpolation_end": "truth"}
 
 
 def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_function_first(

@@ -54,6 +54,10 @@ class DYffusionConfig(StrictModel):
     """Forecaster stage loss: ``l1`` (the paper's area-weighted absolute error) or ``amse``, the
     adjusted MSE over spherical harmonic degrees, which does not reward damping the scales the
     forecaster cannot place (:class:`pipeline.training.losses.SphericalAMSE`)."""
+    interpolation_end: Literal["truth", "forecast"] = "truth"
+    """Forecaster stage: the end state of the interpolations that give its inputs for n > 0:
+    the true ``x_{t+h}`` (the paper) or, as in the sampler, the forecaster's own jump
+    ``F(x_t, 0)`` (no gradient; one more forward pass for those samples)."""
 
     @field_validator("horizon")
     @classmethod
@@ -359,7 +363,7 @@ _EVERY_STAGE = (TrainingConfig, ("input_noise", "loss_units", "channel_weights",
 LOSS_SETTINGS: dict[str | None, tuple[tuple[type[StrictModel], tuple[str, ...]], ...]] = {
     None: (_EVERY_STAGE, (TrainingConfig, ("rollout_steps", "rollout_start_step"))),
     "interpolator": (_EVERY_STAGE,),
-    "forecaster": (_EVERY_STAGE, (DYffusionConfig, ("pushforward_chains", "forecaster_loss"))),
+    "forecaster": (_EVERY_STAGE, (DYffusionConfig, ("pushforward_chains", "forecaster_loss", "interpolation_end"))),
 }
 """Per stage (None: the SFNO), the settings that define the training loss (not its schedule)."""
 

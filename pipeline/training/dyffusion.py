@@ -13,7 +13,10 @@ see :mod:`models.dyffusion`):
 - stage ``forecaster``: :math:`n` uniform in :math:`0 \ldots h-1`; the input
   is :math:`x_t` for :math:`n = 0`, otherwise the frozen interpolator's
   :math:`I(x_t, x_{t+h}, n/h)` computed without gradient and with its Monte
-  Carlo dropout on (the states the sampler will feed the forecaster); the
+  Carlo dropout on (the states the sampler will feed the forecaster); with
+  ``interpolation_end: forecast`` the interpolation ends at the forecaster's
+  own jump :math:`F(x_t, 0)` instead of the truth, as the sampler's do
+  (its first state :math:`x_1 = I(x_t, F(x_t, 0), 1/h)` exactly); the
   forecaster sees ``(input, n/h)`` and is scored against :math:`x_{t+h}` with
   the area-weighted L1 (:class:`pipeline.training.losses.SphericalL1`), or with
   ``forecaster_loss: amse`` the adjusted MSE (:class:`pipeline.training.losses.SphericalAMSE`). With
@@ -302,7 +305,8 @@ def interpolator_loss(interpolator: nn.Module, window: torch.Tensor, loss: nn.Mo
 
 
 def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None, generator: torch.Generator | None = None,
-                     seconds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     seconds: torch.Tensor | None = None, forecaster: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs and target of the forecaster stage.
 
     Parameters
@@ -314,11 +318,14 @@ def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None, gener
         may be None only when ``h = 1``.
     seconds
         Valid times of ``x_t`` (POSIX seconds, shape ``(B,)``), for an interpolator with forcings.
+    forecaster
+        If given, the interpolations end at its jump ``F(x_t, 0)`` (no gradient) instead of
+        ``x_{t+h}`` (``interpolation_end: forecast``).
 
     Returns
     -------
     (inputs, i, target)
-        ``x_t`` where ``n = 0`` else ``I(x_t, x_{t+h}, n/h)`` (no gradient),
+        ``x_t`` where ``n = 0`` else ``I(x_t, x_{t+h}, n/h)`` (no gradient; ``x_{t+h}`` replaced as above),
         the time fractions ``n / h`` (``n`` uniform in ``0 .. h-1``) and ``x_{t+h}``.
     """
     h = _horizon(window, interpolator)
@@ -333,19 +340,24 @@ def forecaster_batch(window: torch.Tensor, interpolator: nn.Module | None, gener
             raise ValueError(f"h = {h}: the forecaster stage needs the frozen interpolator")
         with torch.no_grad():
             times = seconds[interpolated] if seconds is not None else None
-            inputs[interpolated] = interpolator(x_start[interpolated], x_end[interpolated], i[interpolated],
-                                                time=times).to(inputs.dtype)
+            start = x_start[interpolated]
+            end = x_end[interpolated] if forecaster is None else forecaster(
+                start, torch.zeros(start.shape[0], device=start.device), time=times).to(start.dtype)
+            inputs[interpolated] = interpolator(start, end, i[interpolated], time=times).to(inputs.dtype)
     return inputs, i, x_end
 
 
 def forecaster_loss(forecaster: nn.Module, window: torch.Tensor, interpolator: nn.Module | None, loss: nn.Module,
-                    generator: torch.Generator | None = None, seconds: torch.Tensor | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, seconds: torch.Tensor | None = None,
+                    interpolate_to_forecast: bool = False) -> torch.Tensor:
     """Stage ``forecaster``: ``loss(F(input, n/h), x_{t+h})`` (``loss`` a SphericalL1 or SphericalAMSE).
 
     Both networks get the chain's start time ``seconds`` (valid time of ``x_t``), as in the sampler.
+    ``interpolate_to_forecast``: the inputs interpolate towards ``F(x_t, 0)`` (``interpolation_end: forecast``).
     """
     _horizon(window, forecaster)
-    inputs, i, target = forecaster_batch(window, interpolator, generator, seconds)
+    inputs, i, target = forecaster_batch(window, interpolator, generator, seconds,
+                                         forecaster if interpolate_to_forecast else None)
     return loss(forecaster(inputs, i, time=seconds), target)
 
 
@@ -422,10 +434,12 @@ class StageLoss(nn.Module):
         Forecaster stage: K of :func:`pushforward_window` (0 = none); windows then span ``(K + 1) h`` steps.
     step_seconds
         Seconds per time step (needed with pushforward).
+    interpolation_end
+        Forecaster stage: ``"truth"`` or ``"forecast"`` (:func:`forecaster_batch`).
     """
 
     def __init__(self, stage: str, network: nn.Module, loss: nn.Module, interpolator: nn.Module | None = None,
-                 pushforward_chains: int = 0, step_seconds: float = 0.0) -> None:
+                 pushforward_chains: int = 0, step_seconds: float = 0.0, interpolation_end: str = "truth") -> None:
         super().__init__()
         if stage not in DYFFUSION_STAGES:
             raise ValueError(f"stage must be one of {list(DYFFUSION_STAGES)}, got {stage!r}")
@@ -433,11 +447,14 @@ class StageLoss(nn.Module):
             raise ValueError("the interpolator stage takes no frozen interpolator")
         if pushforward_chains and (stage != "forecaster" or step_seconds <= 0):
             raise ValueError("pushforward is for the forecaster stage and needs step_seconds > 0")
+        if interpolation_end not in ("truth", "forecast") or (interpolation_end == "forecast" and stage != "forecaster"):
+            raise ValueError(f"interpolation_end {interpolation_end!r}: 'truth', or 'forecast' in the forecaster stage")
         self.stage = stage
         self.network = network
         self.loss = loss
         self.pushforward_chains = pushforward_chains
         self.step_seconds = step_seconds
+        self.interpolation_end = interpolation_end
         self._frozen = (interpolator,)  # a tuple attribute: not registered as a sub-module
 
     @property
@@ -451,4 +468,5 @@ class StageLoss(nn.Module):
         if self.pushforward_chains:
             window, seconds = pushforward_window(self.network, window, self.pushforward_chains, self.step_seconds,
                                                  generator, seconds)
-        return forecaster_loss(self.network, window, self.interpolator, self.loss, generator, seconds)
+        return forecaster_loss(self.network, window, self.interpolator, self.loss, generator, seconds,
+                               self.interpolation_end == "forecast")

@@ -246,7 +246,8 @@ class Trainer:
         else:
             stage_loss = self._scored(SphericalMSE, units) if self.stage == "interpolator" else self._forecaster_loss(units)
             objective = StageLoss(self.stage, self.model, stage_loss, self.interpolator, pushforward,
-                                  self.step_hours * 3600.0)
+                                  self.step_hours * 3600.0,
+                                  config.model.dyffusion.interpolation_end if self.stage == "forecaster" else "truth")
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # Buffers (static fields, increment scale) are equal on every rank and never change;
