@@ -93,9 +93,9 @@ from pipeline.training.optim import (
     cosine_with_warmup,
     set_learning_rate,
 )
+from pipeline.training.polar_loss import PolarEmphasis, polar_term
 from pipeline.training.validation import Skill, climatology, evaluate, evenly_spaced
 from pipeline.training.warm_start import init_checkpoint_path, warm_start
-from pipeline.training.polar_loss import PolarEmphasis, polar_term
 from pipeline.training.wind_loss import PARTS, HelmholtzWindLoss, WindPotentials, helmholtz_channel_weights, wind_part_scales
 
 logger = logging.getLogger(__name__)
