@@ -493,7 +493,6 @@ def test_stage_loss_with_pushforward_scores_the_pushed_sub_window() -> None:
             StageLoss(stage_name, forecaster, l1, None, **bad)
 
 
-
 def test_forecaster_inputs_can_interpolate_towards_its_own_jump_as_the_sampler_does() -> None:
     h = 3
     w = window(batch=32, h=h)

@@ -26,9 +26,9 @@ def test_the_polar_rows_are_those_poleward_of_the_latitude_in_both_hemispheres()
     assert sorted(GRID.latitudes[rows == 1]) == pytest.approx([-90, -84.375, -78.75, -73.125, -67.5, -61.875,
                                                                61.875, 67.5, 73.125, 78.75, 84.375, 90])
     assert set(np.unique(rows)) == {0.0, 1.0}
-    # their area: 1 - sin(60 deg) of the sphere, to the grid's quadrature
+    # their share of the sphere: the caps down to their cells' edge, midway to the next row (59.06 deg)
     share = (GRID.quadrature_weights() * rows[:, None]).sum()
-    assert share == pytest.approx(1 - np.sin(np.deg2rad(59.0625)), rel=0.02)  # rows' cells reach the midpoint 59.06
+    assert share == pytest.approx(1 - np.sin(np.deg2rad(59.0625)), rel=0.02)
 
 
 @pytest.mark.parametrize("absolute", [False, True])
