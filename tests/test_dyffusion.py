@@ -352,6 +352,13 @@ def window(batch: int = 4, h: int = 3, channels: int = 3) -> torch.Tensor:
     return steps + offsets + torch.zeros(batch, h + 1, channels, NLAT, NLON)
 
 
+def tiny_forecaster_stage(h: int) -> tuple[nn.Module, DYffusionForecaster, SphericalL1]:
+    """A frozen tiny interpolator, a tiny forecaster and the L1 loss on the three test channels."""
+    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
+    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
+    return frozen, forecaster, SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+
+
 def test_interpolator_batch_draws_inner_steps_and_matching_targets() -> None:
     h = 4
     w = window(batch=64, h=h)
@@ -423,9 +430,7 @@ def test_stage_loss_module_holds_only_the_trained_network() -> None:
     torch.manual_seed(0)
     h = 2
     w = torch.randn(2, h + 1, 3, NLAT, NLON)
-    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
-    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
-    l1 = SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+    frozen, forecaster, l1 = tiny_forecaster_stage(h)
     stage = StageLoss("forecaster", forecaster, l1, frozen)
     assert {id(p) for p in stage.parameters()} == {id(p) for p in forecaster.parameters()}
     assert all(key.startswith(("network.", "loss.")) for key in stage.state_dict())
@@ -474,9 +479,7 @@ def test_stage_loss_with_pushforward_scores_the_pushed_sub_window() -> None:
     torch.manual_seed(0)
     h, chains = 2, 2
     w = torch.randn(3, h * (chains + 1) + 1, 3, NLAT, NLON)
-    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
-    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
-    l1 = SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+    frozen, forecaster, l1 = tiny_forecaster_stage(h)
     stage = StageLoss("forecaster", forecaster, l1, frozen, pushforward_chains=chains, step_seconds=3600.0)
     torch.manual_seed(5)
     draws = torch.Generator().manual_seed(3)  # the pushes, then the forecaster batch's steps
@@ -515,9 +518,7 @@ def test_stage_loss_interpolates_towards_the_forecast_only_when_asked() -> None:
     torch.manual_seed(0)
     h = 2
     w = torch.randn(3, h + 1, 3, NLAT, NLON)
-    frozen = freeze_interpolator(DYffusionInterpolator(NLAT, NLON, 3, horizon=h, **TINY))
-    forecaster = DYffusionForecaster(NLAT, NLON, 3, horizon=h, **TINY)
-    l1 = SphericalL1(GRID, channel_weight_vector(list(CHANNELS), {}, None, power=1))
+    frozen, forecaster, l1 = tiny_forecaster_stage(h)
     losses = {}
     for end in ("truth", "forecast"):
         stage = StageLoss("forecaster", forecaster, l1, frozen, interpolation_end=end)
