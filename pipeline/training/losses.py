@@ -68,7 +68,9 @@ class SphericalMSE(nn.Module):
 
     def __init__(self, grid: Grid, channel_weights: np.ndarray, row_weights: np.ndarray | None = None) -> None:
         super().__init__()
-        quadrature = grid.quadrature_weights() if row_weights is None else grid.quadrature_weights() * np.asarray(row_weights)[:, None]
+        quadrature = grid.quadrature_weights()
+        if row_weights is not None:
+            quadrature = quadrature * np.asarray(row_weights)[:, None]
         self.register_buffer("quadrature", torch.as_tensor(quadrature, dtype=torch.float32))
         self.register_buffer("channel_weights", torch.as_tensor(channel_weights, dtype=torch.float32))
 
