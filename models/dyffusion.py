@@ -35,6 +35,15 @@ from :math:`x_h`. A chain costs :math:`h` forecaster and :math:`2(h-1)`
 interpolator passes, :math:`(3h - 2) / h` network passes per emitted step
 (:attr:`ColdSampler.passes_per_step`).
 
+**Jump sampling** (``refine=False``) calls the forecaster once per chain,
+:math:`\hat x = F(x_t, 0)`, and keeps it: the update above with :math:`\hat x`
+fixed telescopes to :math:`x_s = I(x_t, \hat x, i_s)`, so :math:`x_h = \hat x`.
+Successive chains then iterate the forecaster's jump :math:`F(\cdot, 0)` (the map
+that pushforward training shows its own states) and the interpolator only
+fills in the steps between: one network pass per emitted step. The chain
+ends do not depend on the interpolator's dropout, so stochastic samples from
+one start coincide every :math:`h` steps.
+
 **Valid time.** Networks built with forcings (:mod:`models.forcings`) take
 the chain's start time :math:`t` as ``time`` in every call of the chain (the
 time step :math:`i` tells them how far into the chain they are); a rollout
@@ -67,6 +76,9 @@ Forecast = Callable[..., torch.Tensor]
 """``F(x_s, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
 
 DEFAULT_TIME_SCALE = 100.0
+
+SAMPLERS = ("cold", "jump")
+"""Samplers of a trained :class:`DYffusion`: ``cold`` (the paper's, refining) and ``jump`` (one forecaster call per chain)."""
 
 
 def check_horizon(horizon: int) -> int:
@@ -209,6 +221,10 @@ class ColdSampler:
         Set the interpolator's Monte Carlo dropout on (stochastic samples) or
         off (deterministic in eval mode) when it has ``set_mc_dropout``;
         None leaves it as it is.
+    refine
+        True: the paper's cold sampling (the forecaster re-estimates
+        :math:`x_{t+h}` at every step); False: jump sampling (one forecaster
+        call per chain; module docstring).
 
     Raises
     ------
@@ -217,7 +233,7 @@ class ColdSampler:
     """
 
     def __init__(self, interpolator: Interpolate | None, forecaster: Forecast, horizon: int | None = None,
-                 mc_dropout: bool | None = True) -> None:
+                 mc_dropout: bool | None = True, refine: bool = True) -> None:
         known = {getattr(net, "horizon", None) for net in (interpolator, forecaster)} - {None}
         if horizon is None:
             if len(known) != 1:
@@ -230,14 +246,15 @@ class ColdSampler:
             raise ValueError(f"horizon {self.horizon}: the sampler needs an interpolator (only h = 1 runs without one)")
         self.interpolator = interpolator
         self.forecaster = forecaster
+        self.refine = refine
         if mc_dropout is not None and hasattr(interpolator, "set_mc_dropout"):
             interpolator.set_mc_dropout(mc_dropout)
 
     @property
     def passes_per_step(self) -> float:
-        """Network forward passes per emitted step: ``(h + 2 (h - 1)) / h``."""
+        """Network forward passes per emitted step: ``(h + 2 (h - 1)) / h``, or 1 for jump sampling."""
         h = self.horizon
-        return (h + 2 * (h - 1)) / h
+        return (h + 2 * (h - 1)) / h if self.refine else 1.0
 
     def chain(self, x_start: torch.Tensor, time: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield ``x_1, ..., x_h`` of one chain started at ``x_start`` (shape ``(B, C, nlat, nlon)``).
@@ -256,10 +273,12 @@ class ColdSampler:
 
         x = x_start
         for s in range(n_steps):
-            forecast = self.forecaster(x, fraction(s), time=time)
+            if s == 0 or self.refine:
+                forecast = self.forecaster(x, fraction(s), time=time)
             there = forecast if s + 1 == h else self.interpolator(x_start, forecast, fraction(s + 1), time=time)
-            # s = 0: x_0 = x_t = I(x_t, ., 0), so x_1 is `there` itself (exactly F(x_t, 0) when h = 1)
-            x = there if s == 0 else x + there - self.interpolator(x_start, forecast, fraction(s), time=time)
+            # s = 0: x_0 = x_t = I(x_t, ., 0), so x_1 is `there` itself (exactly F(x_t, 0) when h = 1);
+            # a fixed forecast telescopes the update to `there` at every step
+            x = there if s == 0 or not self.refine else x + there - self.interpolator(x_start, forecast, fraction(s), time=time)
             yield x
 
     def rollout(self, x0: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
@@ -291,7 +310,8 @@ class DYffusion(nn.Module):
 
     ``forward(x)`` is one emitted step, :math:`x_1` of a chain from ``x``
     (so a one-step forecaster API, e.g. breeding, works unchanged);
-    :meth:`rollout` emits any number of steps by chaining the cold sampler.
+    :meth:`rollout` emits any number of steps by chaining the cold sampler
+    (or the jump sampler, :meth:`use_sampler`).
 
     Parameters
     ----------
@@ -315,8 +335,14 @@ class DYffusion(nn.Module):
 
     @property
     def passes_per_step(self) -> float:
-        """Network passes per emitted step, :math:`(3h - 2) / h`."""
+        """Network passes per emitted step, :math:`(3h - 2) / h` (1 for jump sampling)."""
         return self.sampler.passes_per_step
+
+    def use_sampler(self, kind: str) -> None:
+        """Sample with ``cold`` (the default: the paper's refining cold sampling) or ``jump``."""
+        if kind not in SAMPLERS:
+            raise ValueError(f"unknown DYffusion sampler {kind!r}: choose one of {', '.join(SAMPLERS)}")
+        self.sampler.refine = kind == "cold"
 
     def forward(self, x: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
         """The first emitted step of a chain started at ``x`` (valid at ``time``, POSIX seconds)."""

@@ -174,6 +174,33 @@ def test_rollout_restarts_chains_from_the_state_at_t_plus_h() -> None:
         next(ColdSampler(I, F, horizon=h).rollout(x0, n, time=t0))
 
 
+def test_jump_sampler_calls_the_forecaster_once_per_chain_and_interpolates_towards_its_jump() -> None:
+    h, n = 4, 10
+    x0 = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    F, I = RecordingForecaster(a=1.0), BlendInterpolator()
+    sampler = ColdSampler(I, F, horizon=h, refine=False)
+    states = list(sampler.rollout(x0, n))
+    # by hand: a chain's end is F(start, 0) = start + 1, the steps before it the blend I(start, end, s/h)
+    expected, start = [], x0
+    while len(expected) < n:
+        end = start + 1.0
+        expected += [BlendInterpolator()(start, end, torch.full((2,), s / h)) for s in range(1, h)] + [end]
+        start = end
+    assert len(states) == n
+    for got, want in zip(states, expected[:n]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # chains of 4, 4 and 2 steps: one forecaster call each, always at i = 0, from the previous chain's end
+    assert [float(i[0]) for _, i in F.calls] == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(F.calls[1][0], states[3])
+    torch.testing.assert_close(F.calls[2][0], states[7])
+    assert len(I.calls) == 3 + 3 + 2 and sampler.passes_per_step == 1.0
+    assert ColdSampler(I, F, horizon=h).passes_per_step == pytest.approx((3 * h - 2) / h)
+    # its first step is the cold sampler's (both start with I(x_t, F(x_t, 0), 1/h)); later ones are not
+    cold = list(ColdSampler(BlendInterpolator(), RecordingForecaster(a=1.0), horizon=h).rollout(x0, n))
+    torch.testing.assert_close(cold[0], states[0], rtol=0, atol=0)
+    assert not torch.allclose(cold[h - 1], states[h - 1])
+
+
 class DropoutBlend(nn.Module):
     """A blend whose interpolation weight passes through a real nn.Dropout."""
 
@@ -201,6 +228,20 @@ def test_dropout_off_is_deterministic_and_on_is_stochastic() -> None:
     assert not torch.equal(a, b)
     torch.manual_seed(1)
     assert torch.equal(torch.stack(list(ColdSampler(interpolator, F, horizon=4).rollout(x, 6))), a)
+
+
+def test_jump_sampled_chain_ends_do_not_depend_on_the_interpolators_dropout() -> None:
+    x = torch.randn(2, 2, 6, 6)
+    F = lambda state, i, time=None: state + 1.0
+    interpolator = DropoutBlend().train()  # dropout on
+    a = torch.stack(list(ColdSampler(interpolator, F, horizon=3, refine=False).rollout(x, 9)))
+    b = torch.stack(list(ColdSampler(interpolator, F, horizon=3, refine=False).rollout(x, 9)))
+    assert not torch.equal(a, b)  # the steps inside a chain are sampled ...
+    ends = [x + 1]  # chain ends by hand, each the jump F(x) = x + 1 of the one before
+    for _ in range(2):
+        ends.append(ends[-1] + 1)
+    torch.testing.assert_close(a[2::3], torch.stack(ends), rtol=0, atol=0)  # ... its ends are the jumps
+    torch.testing.assert_close(b[2::3], a[2::3], rtol=0, atol=0)
 
 
 def test_real_networks_sample_stochastically_only_with_mc_dropout() -> None:

@@ -22,7 +22,9 @@ from models.dyffusion import DYffusion
 from models.forcings import posix_seconds
 from pipeline.config import load_config
 from pipeline.diagnostics.run import open_inputs
+from pipeline.data.store import open_analysis
 from pipeline.ensemble.generator import generate_ensemble, regenerate_member
+from pipeline.ensemble.inputs import resolve_checkpoint
 from pipeline.errors import MyriadError
 from pipeline.training.calibration import CALIBRATION_FILE
 from pipeline.training.checkpoint import (
@@ -32,6 +34,7 @@ from pipeline.training.checkpoint import (
     select_checkpoint,
 )
 from pipeline.training.distributed import DistributedContext
+from pipeline.training.forecast import Forecaster
 from pipeline.training.launch import plan_training
 from pipeline.training.config import training_objective
 from pipeline.training.losses import SphericalAMSE, SphericalMSE
@@ -317,6 +320,46 @@ def test_samples_need_a_model_with_dropout(run: dict, tmp_path: Path) -> None:
     with pytest.raises(MyriadError, match=r"ensemble.samples is 2 but .*tiny/seed-0/best.pt has no Monte Carlo dropout"):
         generate_ensemble(sfno, progress=False)
     assert not (Path(run["run_dir"]) / "ensembles" / "sfno-samples.zarr").exists()
+
+
+def test_jump_sampled_ensembles_end_each_chain_on_the_forecasters_jump(run: dict, tmp_path: Path) -> None:
+    one = {**run["ensemble"], "samples": 1, "n_steps": 4, "init_times": run["ensemble"]["init_times"][:1]}
+    cold = xr.open_zarr(generate_ensemble(load_config(write(run, tmp_path / "cold.yaml", ensemble={**one, "name": "cold"})),
+                                          progress=False).store_path, consolidated=False)
+    config = load_config(write(run, tmp_path / "jump.yaml", ensemble={**one, "name": "jump", "dyffusion_sampler": "jump"}))
+    jump = xr.open_zarr(generate_ensemble(config, progress=False).store_path, consolidated=False)
+    channels = config.ensemble.output_channels
+    z_cold, z_jump = (np.stack([ds[c].values[0] for c in channels], axis=2) for ds in (cold, jump))  # (member, lead, C, ...)
+    assert np.isfinite(z_jump).all()
+    # both samplers start a chain with I(x_t, F(x_t, 0), 1/h) and the same member noise; h = 2 steps later they differ
+    np.testing.assert_array_equal(z_jump[:, :2], z_cold[:, :2])
+    assert not np.allclose(z_jump[:, 2:], z_cold[:, 2:])
+    # the control member's chain ends are F(., 0) of the previous end, by hand from the analysis
+    forecaster = Forecaster.from_checkpoint(resolve_checkpoint(config.ensemble.checkpoints[0]), bf16=False,
+                                            dyffusion_sampler="jump")
+    assert forecaster.model.passes_per_step == 1.0
+    with pytest.raises(ValueError, match="unknown DYffusion sampler 'hop'"):
+        forecaster.model.use_sampler("hop")
+    info = forecaster.info
+    analysis = open_analysis(config.analysis_path).sel(time=jump["init_time"].values[0])
+    state = torch.from_numpy(np.stack([analysis[c].values for c in info.channels]).astype(np.float32))[None]
+    shown = [channels.index(c) for c in ("z500", "u500")]  # the stored channels without a floor
+    start = posix_seconds(jump["init_time"].values[0], 1)
+    with torch.no_grad():
+        end = info.normalisation.normalise(state)
+        for lead in (2, 4):
+            end = forecaster.model.forecaster(end, 0.0, time=start + (lead - 2) * forecaster.step_seconds)
+            by_hand = info.normalisation.denormalise(end)[0, [info.channels.index(channels[k]) for k in shown]]
+            np.testing.assert_allclose(z_jump[0, lead, shown], by_hand.numpy(), rtol=1e-4, atol=1e-2)
+    # a jump-sampled ensemble does not reuse a cold-sampled store, and refuses stochastic samples
+    same_store = load_config(write(run, tmp_path / "reuse.yaml", ensemble={**one, "name": "cold", "dyffusion_sampler": "jump"}))
+    with pytest.raises(MyriadError, match="was made for a different plan/config"):
+        generate_ensemble(same_store, progress=False)
+    samples = load_config(write(run, tmp_path / "samples.yaml",
+                                ensemble={**one, "name": "jump-samples", "samples": 2, "dyffusion_sampler": "jump"}))
+    with pytest.raises(MyriadError, match="ensemble.samples is 2 but dyffusion_sampler is jump"):
+        generate_ensemble(samples, progress=False)
+    assert not (Path(run["run_dir"]) / "ensembles" / "jump-samples.zarr").exists()
 
 
 # ---------------------------------------------------------------------- time-mean output

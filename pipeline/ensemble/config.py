@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
@@ -81,6 +81,13 @@ class EnsembleConfig(StrictModel):
     """Stochastic samples per bred member (and control): each draws its own Monte Carlo
     dropout noise (Spherical DYffusion's interpolator, or an SFNO trained with dropout).
     Needs checkpoints with dropout when > 1."""
+    dyffusion_sampler: Literal["cold", "jump"] = "cold"
+    """How DYffusion checkpoints sample (SFNO checkpoints ignore it): ``cold``, the paper's
+    cold sampling, where the forecaster re-estimates the chain's end at every step; ``jump``,
+    one forecaster call per chain, F(x_t, 0), with the interpolator filling in the steps
+    between (:mod:`models.dyffusion`): one network pass per step instead of (3h - 2) / h,
+    and a steadier 10-year climate on the planet (README, Stage 5), but its chain ends are
+    deterministic, so it takes ``samples: 1``."""
     include_control: bool = False
     """Give each checkpoint an unperturbed control member (member 0 is checkpoint 0's)."""
     member_block: int = Field(32, ge=1)

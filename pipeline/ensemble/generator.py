@@ -318,7 +318,7 @@ def generate_ensemble(
     ctx = ctx or single_process_context()
     start = time.perf_counter()
     settings = ensemble_section(config)
-    cache = CheckpointCache(ctx.device, settings.bf16, settings.compile)
+    cache = CheckpointCache(ctx.device, settings.bf16, settings.compile, settings.dyffusion_sampler)
     inputs = prepare_inputs(config, cache)
     selected = set(select_init_times(inputs.plan, init_times))
     units = [u for u in inputs.plan.units if u.init_time in selected]
@@ -380,7 +380,8 @@ def regenerate_member(config: MyriadConfig, init_time: InitTime, member_index: i
         Bad inputs, an init time not in the plan or a member index out of range.
     """
     settings = ensemble_section(config)
-    cache = cache or CheckpointCache(single_process_context().device, settings.bf16, settings.compile)
+    cache = cache or CheckpointCache(single_process_context().device, settings.bf16, settings.compile,
+                                     settings.dyffusion_sampler)
     inputs = prepare_inputs(config, cache)
     plan = inputs.plan
     (t0,) = select_init_times(plan, [init_time])

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from models.dyffusion import DYffusion
 from models.sfno import has_dropout
 from pipeline.config import MyriadConfig
 from pipeline.data.store import format_time, open_analysis
@@ -85,19 +86,24 @@ class CheckpointCache:
         bf16 autocast on CUDA (the SHT stays float32 inside the model); on the CPU only when compiled.
     compile
         Compile each model's SFNO networks on load (:func:`pipeline.training.forecast.compile_networks`).
+    dyffusion_sampler
+        How DYffusion models sample: ``cold`` or ``jump`` (:class:`models.dyffusion.DYffusion`).
     """
 
-    def __init__(self, device: torch.device | str = "cpu", bf16: bool = True, compile: bool = False) -> None:
+    def __init__(self, device: torch.device | str = "cpu", bf16: bool = True, compile: bool = False,
+                 dyffusion_sampler: str = "cold") -> None:
         self.device = torch.device(device)
         self.bf16 = bf16
         self.compile = compile
+        self.dyffusion_sampler = dyffusion_sampler
         self._forecasters: dict[Path, Forecaster] = {}
 
     def get(self, path: str | Path) -> Forecaster:
         """The forecaster of a checkpoint file (loaded on first use)."""
         key = Path(path).resolve()
         if key not in self._forecasters:
-            self._forecasters[key] = Forecaster.from_checkpoint(key, self.device, self.bf16, self.compile)
+            self._forecasters[key] = Forecaster.from_checkpoint(key, self.device, self.bf16, self.compile,
+                                                                self.dyffusion_sampler)
             logger.info("loaded checkpoint %s on %s", key, self.device)
         return self._forecasters[key]
 
@@ -274,6 +280,12 @@ def _check_samples(settings: EnsembleConfig, files: Sequence[Path], cache: Check
     if settings.samples == 1:
         return
     for file in files:
+        if settings.dyffusion_sampler == "jump" and isinstance(cache.get(file).model, DYffusion):
+            raise MyriadError(
+                f"ensemble.samples is {settings.samples} but dyffusion_sampler is jump: {file}'s chain ends are its "
+                "forecaster's deterministic jumps, so its samples would coincide every chain; set samples: 1, "
+                "or dyffusion_sampler: cold"
+            )
         if not has_dropout(cache.get(file).model):
             raise MyriadError(
                 f"ensemble.samples is {settings.samples} but {file} has no Monte Carlo dropout, so its samples would be "
@@ -354,6 +366,8 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         "perturbation": settings.perturbation.model_dump(mode="json"),
         "analysis": analysis.attrs.get("config_hash", ""),
         "model_channels": list(channels),
+        # only when set, so the stores of cold-sampled ensembles keep their keys
+        **({"dyffusion_sampler": settings.dyffusion_sampler} if settings.dyffusion_sampler != "cold" else {}),
     }
     content_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     lead_times = (np.arange(0, settings.n_steps + 1, per_output)

@@ -4,7 +4,7 @@ A :class:`Forecaster` pairs a model with its normalisation and device. It
 steps in normalised space, ``z_{t+1} = f(z_t)``, and converts at the edges,
 ``x = z * std + mean``; the ensemble stage, validation and calibration all
 go through it. A model with its own ``rollout(z, n_steps, time, step_seconds)`` (Spherical
-DYffusion's cold sampler, :class:`models.dyffusion.DYffusion`, whose state
+DYffusion's cold or jump sampler, :class:`models.dyffusion.DYffusion`, whose state
 is more than the last emitted step) is rolled out by that; ``forward`` is
 then only its first step. Valid times advance by the model's time step and
 feed a model's forcings (:mod:`models.forcings`).
@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.dyffusion import DYffusion
 from models.forcings import posix_seconds
 from models.sfno import SFNO, dropout_generators
 from pipeline.data.channels import is_non_negative
@@ -114,9 +115,12 @@ class Forecaster:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu", bf16: bool = True,
-                        compile: bool = False) -> "Forecaster":
-        """Load ``path`` (see :func:`pipeline.training.checkpoint.load_checkpoint`)."""
+                        compile: bool = False, dyffusion_sampler: str = "cold") -> "Forecaster":
+        """Load ``path`` (see :func:`pipeline.training.checkpoint.load_checkpoint`); a DYffusion
+        model samples with ``dyffusion_sampler`` (``cold`` or ``jump``; :meth:`models.dyffusion.DYffusion.use_sampler`)."""
         model, info = load_checkpoint(path, map_location=device)
+        if isinstance(model, DYffusion):
+            model.use_sampler(dyffusion_sampler)
         forecaster = cls(model, info.normalisation, device, bf16, compile, info.time_step_hours)
         forecaster.info = info
         return forecaster
