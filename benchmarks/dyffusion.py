@@ -6,11 +6,12 @@ configs/dyffusion-quickstart.yaml``).
 
 1. **Cost**: network forward passes per emitted step, counted with forward
    hooks on every SFNO network inside each model over a rollout of
-   ``--cost-steps`` steps (DYffusion's cold sampler: :math:`(3h-2)/h`; the
-   SFNO: 1), and member-steps/s of both at the same member batch, in the
-   same process and thread count, in alternating blocks (the DYffusion
-   members with their own dropout generators, as the ensemble generator
-   runs them).
+   ``--cost-steps`` steps (DYffusion's cold sampler: :math:`(3h-2)/h`; its
+   jump sampler and the SFNO: 1), and member-steps/s of the three at the
+   same member batch, in the same process and thread count, in alternating
+   blocks (the DYffusion members with their own dropout generators, as the
+   ensemble generator runs them). ``--no-sfno`` compares the two samplers
+   alone (no SFNO checkpoint needed).
 2. **Skill** of the two ensembles from their diagnostics stores (global
    region, mean over init times): fair CRPS, spread-skill ratio and
    ensemble-mean RMSE (square root of the mean square over init times) at 1,
@@ -48,9 +49,9 @@ configs/dyffusion-quickstart.yaml``).
    forecasts reach within weeks is systematic error piling up step by step,
    not a slow instability. It costs about a third of the 10-year run.
 
-``--sampler jump`` runs every part with DYffusion's jump sampler (one
-forecaster call per chain, :mod:`models.dyffusion`) instead of the cold
-sampler; each part's JSON entry records which (``dyffusion_sampler``).
+``--sampler jump`` runs the climate and drift parts with DYffusion's jump
+sampler (one forecaster call per chain, :mod:`models.dyffusion`) instead of
+the cold sampler; their JSON entries record which (``dyffusion_sampler``).
 
     python benchmarks/dyffusion.py                                   # all four, 10 years
     python benchmarks/dyffusion.py --skip-climate --skip-drift       # cost and skill only
@@ -136,14 +137,16 @@ def cost(models: dict[str, Forecaster], x0: torch.Tensor, valid: np.datetime64, 
         for name in order:
             rates[name].append(member_steps_per_second(models[name], x, args.cost_steps, valid))
     median = {name: float(np.median(r)) for name, r in rates.items()}
+    against_sfno = {"pass_ratio": passes["dyffusion"] / passes["sfno"],
+                    "time_ratio": median["sfno"] / median["dyffusion"]} if "sfno" in models else {}
     return {
         "steps": args.cost_steps,
         "batch": args.batch,
         "passes_per_step": passes,
-        "pass_ratio": passes["dyffusion"] / passes["sfno"],
         "member_steps_per_s": median,
         "member_steps_per_s_all": rates,
-        "time_ratio": median["sfno"] / median["dyffusion"],
+        **against_sfno,
+        "jump_speedup": median["dyffusion_jump"] / median["dyffusion"],
     }
 
 
@@ -490,9 +493,13 @@ def print_mass_budget(title: str, budget: dict) -> None:
 def print_report(result: dict) -> None:
     if "cost" in result:
         c = result["cost"]
-        print(f"passes per emitted step: SFNO {c['passes_per_step']['sfno']:.3g}, DYffusion {c['passes_per_step']['dyffusion']:.3g} "
-              f"({c['pass_ratio']:.2f}x); member-steps/s at batch {c['batch']}: SFNO {c['member_steps_per_s']['sfno']:.1f}, "
-              f"DYffusion {c['member_steps_per_s']['dyffusion']:.1f} ({c['time_ratio']:.2f}x the time)")
+        if "time_ratio" in c:
+            print(f"passes per emitted step: SFNO {c['passes_per_step']['sfno']:.3g}, DYffusion {c['passes_per_step']['dyffusion']:.3g} "
+                  f"({c['pass_ratio']:.2f}x); member-steps/s at batch {c['batch']}: SFNO {c['member_steps_per_s']['sfno']:.1f}, "
+                  f"DYffusion {c['member_steps_per_s']['dyffusion']:.1f} ({c['time_ratio']:.2f}x the time)")
+        if "jump_speedup" in c:
+            print(f"DYffusion's jump sampler: {c['passes_per_step']['dyffusion_jump']:.3g} passes per step, "
+                  f"{c['member_steps_per_s']['dyffusion_jump']:.1f} member-steps/s ({c['jump_speedup']:.2f}x the cold sampler's)")
     if "skill" in result:
         s = result["skill"]
         print(f"{'channel':<8} {'model':<10} " + " ".join(f"{f'{d} d CRPS/SSR/RMSE':>24}" for d in LEAD_DAYS))
@@ -549,6 +556,8 @@ def main() -> None:
                         help="climate run with the interpolator's dropout off: deterministic DYffusion members")
     parser.add_argument("--sampler", choices=SAMPLERS, default="cold",
                         help="DYffusion's sampler: the paper's cold sampling, or one forecaster jump per chain")
+    parser.add_argument("--no-sfno", action="store_true",
+                        help="cost part without the SFNO: DYffusion's cold and jump samplers only")
     parser.add_argument("--reference-store", type=Path, default=None,
                         help="analysis.zarr of the same planet with another source.seed: the climate's noise floor")
     parser.add_argument("--skip-cost", action="store_true")
@@ -563,7 +572,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     configs = {"sfno": load_config(args.sfno_config), "dyffusion": load_config(args.dyffusion_config)}
     # the cost compares both networks; the climate run needs DYffusion (its grid and start) and --climate-models
-    needed = {"dyffusion"} | (set() if args.skip_climate else set(args.climate_models)) | (set() if args.skip_cost else {"sfno"})
+    needed = ({"dyffusion"} | (set() if args.skip_climate else set(args.climate_models))
+              | (set() if args.skip_cost or args.no_sfno else {"sfno"}))
     models = {name: Forecaster.from_checkpoint(first_checkpoint(configs[name]), bf16=False, dyffusion_sampler=args.sampler)
               for name in sorted(needed)}
     result = json.loads(args.output.read_text()) if args.output.is_file() else {}
@@ -578,14 +588,18 @@ def main() -> None:
             info = models["dyffusion"].info
             x0 = np.stack([analysis[c].isel(time=-1).values for c in info.channels]).astype(np.float32)
             z0 = info.normalisation.normalise(torch.from_numpy(x0)[None])
-            result["cost"] = cost(models, z0, analysis["time"].values[-1], args)
+            samplers = {kind: Forecaster.from_checkpoint(first_checkpoint(configs["dyffusion"]), bf16=False,
+                                                         dyffusion_sampler=kind) for kind in SAMPLERS}
+            timed = {**({"sfno": models["sfno"]} if "sfno" in models else {}),
+                     "dyffusion": samplers["cold"], "dyffusion_jump": samplers["jump"]}
+            result["cost"] = cost(timed, z0, analysis["time"].values[-1], args)
         if not args.skip_skill:
             result["skill"] = {name: skill(c) for name, c in configs.items()}
         if not args.skip_climate:
             result["climate"] = climate(configs, models, args)
         if not args.skip_drift:
             result["drift"] = drift(configs["dyffusion"], models["dyffusion"], args)
-    for part, skipped in (("cost", args.skip_cost), ("climate", args.skip_climate), ("drift", args.skip_drift)):
+    for part, skipped in (("climate", args.skip_climate), ("drift", args.skip_drift)):
         if not skipped:
             result[part]["dyffusion_sampler"] = args.sampler
     args.output.parent.mkdir(parents=True, exist_ok=True)
