@@ -59,7 +59,7 @@ the cold sampler; their JSON entries record which (``dyffusion_sampler``).
     myriad ingest configs/dyffusion-climate.yaml --set source.seed=1 --set run_dir=runs/climate-seed1
     python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
         --reference-store runs/climate-seed1/analysis.zarr                # with the noise floor
-    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \
+    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
         --sampler jump --members 1                                        # the jump sampler's climate
 
 Prints tables and writes ``benchmarks/results/dyffusion.json`` (parts not
