@@ -68,6 +68,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.forcings import posix_seconds
+from models.seasonal import SeasonalCycle
 from models.sfno import SFNO
 
 Interpolate = Callable[..., torch.Tensor]
@@ -193,16 +195,35 @@ class DYffusionForecaster(_ConditionedSFNO):
     """
 
     def __init__(self, nlat: int, nlon: int, in_channels: int, out_channels: int | None = None, horizon: int = 6,
-                 time_scale: float = DEFAULT_TIME_SCALE, drop_rate: float = 0.0, **sfno_kwargs: Any) -> None:
+                 time_scale: float = DEFAULT_TIME_SCALE, drop_rate: float = 0.0, seasonal_harmonics: int = 0,
+                 **sfno_kwargs: Any) -> None:
         super().__init__(in_channels, in_channels, out_channels, horizon, time_scale,
                          {"nlat": nlat, "nlon": nlon, "drop_rate": drop_rate, **sfno_kwargs})
+        self.seasonal = SeasonalCycle(in_channels, nlat, seasonal_harmonics) if seasonal_harmonics else None
 
     def forward(self, x: torch.Tensor, i: torch.Tensor | float, time: object = None) -> torch.Tensor:
         """Predict the state at the end of the chain from the state ``x`` reached at fraction ``i``.
 
-        ``time`` is the chain's start time ``t`` (for the SFNO's forcings).
+        ``time`` is the chain's start time ``t`` (for the SFNO's forcings). With a seasonal
+        cycle :math:`d` (:mod:`models.seasonal`) the network maps departures:
+        ``N(x - d(t + i h dt)) + d(t + h dt)``, ``dt`` the time step.
         """
-        return self.net(x, self._cond(i, x), time)
+        cond = self._cond(i, x)
+        if self.seasonal is None:
+            return self.net(x, cond, time)
+        if time is None:
+            raise ValueError("a forecaster with a seasonal cycle needs the chain's start time")
+        start = posix_seconds(time, x.shape[0]).to(x.device)
+        chain_seconds = self.horizon * self.seasonal.seasonal_step_seconds
+        here = self.seasonal(start + time_fraction(i, x.shape[0], x.device).double() * chain_seconds, x.shape[-1])
+        there = self.seasonal(start + chain_seconds, x.shape[-1])
+        return self.net(x - here.to(x.dtype), cond, time) + there.to(x.dtype)
+
+    def set_seasonal_cycle(self, coefficients: torch.Tensor, step_seconds: float) -> None:
+        """See :meth:`models.seasonal.SeasonalCycle.set_coefficients`."""
+        if self.seasonal is None:
+            raise ValueError("this forecaster was built without a seasonal cycle (seasonal_harmonics 0)")
+        self.seasonal.set_coefficients(coefficients, step_seconds)
 
 
 class ColdSampler:

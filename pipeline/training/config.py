@@ -59,6 +59,12 @@ class DYffusionConfig(StrictModel):
     the true ``x_{t+h}`` (the paper) or, as in the sampler, the forecaster's own jump
     ``F(x_t, 0)`` (no gradient; one more forward pass for those samples)."""
 
+    seasonal_harmonics: int = Field(0, ge=0)
+    """Forecaster stage: K > 0 makes the forecaster map departures from the seasonal cycle of its
+    training data's zonal means (K annual harmonics, fitted when training starts; the known
+    seasonal change over a jump is added outright; :mod:`models.seasonal`). Needs valid times,
+    so a forcing such as ``daily_insolation``. 0 = the states themselves."""
+
     @field_validator("horizon")
     @classmethod
     def _horizon(cls, value: int) -> int:
@@ -213,6 +219,8 @@ class ModelConfig(StrictModel):
             time_scale=dyf.time_scale,
             drop_rate=dyf.interpolator_dropout if stage == "interpolator" else dyf.forecaster_dropout,
         )
+        if stage == "forecaster" and dyf.seasonal_harmonics:
+            hparams["seasonal_harmonics"] = dyf.seasonal_harmonics
         return f"dyffusion_{stage}", hparams
 
     def _stage(self, stage: str | None) -> str:

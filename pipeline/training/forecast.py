@@ -134,8 +134,9 @@ class Forecaster:
 
     @property
     def takes_time(self) -> bool:
-        """Whether a network of the model has forcings (and so needs valid times)."""
-        return any(getattr(module, "forcings", ()) for module in self.model.modules())
+        """Whether a network of the model has forcings or a seasonal cycle (and so needs valid times)."""
+        return any(getattr(module, "forcings", ()) or getattr(module, "seasonal", None) is not None
+                   for module in self.model.modules())
 
     @property
     def step_seconds(self) -> float | None:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from models.dyffusion import DYffusion
 from models.registry import build_model
+from models.seasonal import fit_seasonal_cycle
 from models.sfno import SFNO
 from pipeline.config import MyriadConfig
 from pipeline.data.channels import wind_pairs
@@ -237,6 +238,8 @@ class Trainer:
             self.model.set_increment_scale(torch.as_tensor(self.data.tendency_ratio, dtype=torch.float32))
         if self.hparams.get("wind_pairs"):
             self.model.set_output_std(torch.as_tensor(self.data.normalisation.std, dtype=torch.float32))
+        if self.hparams.get("seasonal_harmonics"):
+            self.model.set_seasonal_cycle(self._seasonal_coefficients(self.hparams["seasonal_harmonics"]), self.step_hours * 3600.0)
         self.model.to(ctx.device)
         self.interpolator = (load_frozen_interpolator(interpolator.path, ctx.device)
                              if interpolator is not None else None)
@@ -309,6 +312,17 @@ class Trainer:
             loss = PolarEmphasis(loss, polar_term(grid, self.training.polar_latitude, component_weights, absolute=power == 1),
                                  self.training.polar_weight)
         return loss.to(self.ctx.device)
+
+    def _seasonal_coefficients(self, harmonics: int) -> torch.Tensor:
+        """Annual harmonics of the training frames' normalised zonal means (:func:`models.seasonal.fit_seasonal_cycle`)."""
+        frames, block = self.train_frames, 512
+        zonal = torch.cat([frames.read(np.arange(k, min(k + block, len(frames)))).mean(-1).double()
+                           for k in range(0, len(frames), block)])
+        try:
+            return fit_seasonal_cycle(zonal, frames.seconds(np.arange(len(frames))), harmonics).float()
+        except ValueError as exc:
+            raise MyriadError(f"model.dyffusion.seasonal_harmonics: {exc} (the training period is "
+                              f"{len(frames)} times of {self.step_hours:g} h)") from None
 
     def _wind_potentials(self) -> WindPotentials:
         """The wind pairs' potentials scaled by each part's change over the training frames (``wind_loss: helmholtz``).

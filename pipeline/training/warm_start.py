@@ -42,9 +42,9 @@ from pipeline.training.dataset import AnalysisData
 
 logger = logging.getLogger(__name__)
 
-BRIDGED_HPARAMS = ("forcings", "wind_pairs")
+BRIDGED_HPARAMS = ("forcings", "wind_pairs", "seasonal_harmonics")
 """Network settings a warm start may change (forcings only by appending)."""
-SET_BY_TRAINER = ("output_std",)
+SET_BY_TRAINER = ("output_std", "seasonal_coefficients", "seasonal_step_seconds")
 """Buffers the trainer fills from this run's statistics: a checkpoint need not hold them."""
 
 
