@@ -262,6 +262,19 @@ def test_both_stages_warm_start_with_wind_vectors_and_their_polar_wind_increment
     assert result.steps == 2 and np.isfinite(np.asarray(result.skill.rmse["model"])).all()
 
 
+def test_a_seasonal_forecaster_needs_a_year_of_training_data(run: dict, tmp_path: Path) -> None:
+    interpolator = Path(run["run_dir"]) / "checkpoints" / "dyf-interpolator" / "seed-0"
+    seasonal = {**DYFFUSION, "name": "dyf-seasons", "dyffusion": {
+        **DYFFUSION["dyffusion"], "seasonal_harmonics": 2, "interpolator_checkpoint": str(interpolator)}}
+    config = load_config(write(run, tmp_path / "seasons.yaml", model=seasonal))
+    assert config.model.stage_model("interpolator", list(run["channels"]), 0, 8, 16)[1].get("seasonal_harmonics") is None
+    with pytest.raises(MyriadError, match=r"seasonal_harmonics: a seasonal cycle needs at least a year of training data "
+                                          r"\(the training period is 32 times of 6 h\)"):
+        Trainer(config, 0, SINGLE, "forecaster")
+    with pytest.raises(MyriadError, match="seasonal_harmonics"):
+        load_config(write(run, tmp_path / "bad.yaml", model={**seasonal, "dyffusion": {"seasonal_harmonics": -1}}))
+
+
 @pytest.mark.slow
 def test_the_cli_trains_both_stages_in_order_on_two_gloo_ranks(run: dict, tmp_path: Path, cli_env: dict[str, str]) -> None:
     config = write(run, tmp_path / "cli.yaml", model={**DYFFUSION, "name": "cli"},
