@@ -119,7 +119,7 @@ def test_a_forecaster_without_a_time_step_rolls_out_a_model_without_forcings() -
     torch.testing.assert_close(torch.stack(timed), torch.stack(list(plain.rollout(x, 2))))
     forced = Forecaster(SFNO(NLAT, NLON, 1, 1, embed_dim=8, num_layers=1, forcings=["year_progress"]), normalisation)
     assert forced.takes_time and not plain.takes_time
-    with pytest.raises(ValueError, match="this model has forcings: a rollout with valid times needs the forecaster's step_hours"):
+    with pytest.raises(ValueError, match="this model has forcings or a seasonal cycle: a rollout with valid times needs the forecaster's step_hours"):
         next(forced.rollout(x, 2, time=np.datetime64("2000-01-01T00:00")))
 
 

@@ -165,7 +165,7 @@ class Forecaster:
         seconds = self._seconds(time, z.shape[0])
         if seconds is not None and self.step_seconds is None:
             if self.takes_time:
-                raise ValueError("this model has forcings: a rollout with valid times needs the forecaster's step_hours")
+                raise ValueError("this model has forcings or a seasonal cycle: a rollout with valid times needs the forecaster's step_hours")
             seconds = None  # the model ignores valid times; nothing to advance
         own = getattr(self.model, "rollout", None)
         states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
