@@ -103,7 +103,7 @@ def posix_seconds(times: object, batch: int | None = None) -> torch.Tensor:
     return seconds
 
 
-def _year_angle(seconds: torch.Tensor) -> torch.Tensor:
+def year_angle(seconds: torch.Tensor) -> torch.Tensor:
     r""":math:`\gamma = 2\pi p_y`, shape ``(B,)``."""
     return 2 * torch.pi * torch.remainder(seconds - EPOCH_2000, YEAR_SECONDS) / YEAR_SECONDS
 
@@ -116,7 +116,7 @@ def _local_day_phase(seconds: torch.Tensor, nlon: int) -> torch.Tensor:
 
 def solar_declination_and_distance(seconds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Declination :math:`\delta` (rad) and distance factor :math:`E_0 = (\bar d/d)^2`, each ``(B,)`` (Spencer 1971)."""
-    g = _year_angle(seconds)
+    g = year_angle(seconds)
     declination = (0.006918 - 0.399912 * torch.cos(g) + 0.070257 * torch.sin(g) - 0.006758 * torch.cos(2 * g)
                    + 0.000907 * torch.sin(2 * g) - 0.002697 * torch.cos(3 * g) + 0.00148 * torch.sin(3 * g))
     distance = (1.000110 + 0.034221 * torch.cos(g) + 0.001280 * torch.sin(g) + 0.000719 * torch.cos(2 * g)
@@ -156,7 +156,7 @@ def forcing_fields(names: Sequence[str], seconds: torch.Tensor, nlat: int, nlon:
     fields = []
     for name in check_forcings(names):
         if name == "year_progress":
-            phase = _year_angle(seconds)
+            phase = year_angle(seconds)
             for wave in (torch.cos(phase), torch.sin(phase)):
                 fields.append(wave[:, None, None].expand(batch, nlat, nlon))
         elif name == "day_progress":

@@ -2,7 +2,7 @@ r"""The seasonal cycle of the training data's zonal means, as annual harmonics.
 
 A forecaster built with ``seasonal_harmonics: K`` works on departures from
 the seasonal cycle of its training data instead of on the states themselves.
-With :math:`\gamma(t) = 2\pi p_y(t)` the year angle of :mod:`models.forcings`,
+With :math:`\gamma(t) = 2\pi p_y(t)` the year angle of :func:`models.forcings.year_angle`,
 the cycle of normalised channel :math:`c` at latitude :math:`\phi` is
 
 .. math::
@@ -27,12 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.forcings import EPOCH_2000, YEAR_SECONDS
+from models.forcings import YEAR_SECONDS, year_angle
 
 
 def harmonic_basis(seconds: torch.Tensor, harmonics: int) -> torch.Tensor:
     r"""``[cos k gamma, sin k gamma]`` for ``k = 1..K``, shape ``(T, 2K)`` (float64), :math:`\gamma` the year angle."""
-    angle = 2 * torch.pi * torch.remainder(seconds.to(torch.float64) - EPOCH_2000, YEAR_SECONDS) / YEAR_SECONDS
+    angle = year_angle(seconds.to(torch.float64))
     k = torch.arange(1, harmonics + 1, dtype=torch.float64, device=seconds.device)
     phases = angle[:, None] * k[None, :]
     return torch.cat([torch.cos(phases), torch.sin(phases)], dim=1)
