@@ -62,8 +62,8 @@ class DYffusionConfig(StrictModel):
     seasonal_harmonics: int = Field(0, ge=0)
     """Forecaster stage: K > 0 makes the forecaster map departures from the seasonal cycle of its
     training data's zonal means (K annual harmonics, fitted when training starts; the known
-    seasonal change over a jump is added outright; :mod:`models.seasonal`). Needs valid times,
-    so a forcing such as ``daily_insolation``. 0 = the states themselves."""
+    seasonal change over a jump is added outright; :mod:`models.seasonal`). Needs at least a year
+    of training data; rollouts then need valid times. 0 = the states themselves."""
 
     @field_validator("horizon")
     @classmethod
