@@ -330,6 +330,18 @@ def test_a_warm_start_appends_forcings_to_a_trained_model_and_computes_its_funct
     shutil.rmtree(plain.run_dir / "checkpoints" / "plain")  # a run with its own last.pt resumes; init_from is not read
     assert Trainer(sunny, seed=0, ctx=SINGLE).progress.step == 2
 
+    # a new seed may start from the trained seed 0: same first weights, its own data order and dropout
+    reseeded = config_for(store, tmp_path, "sunny-again", model={"forcings": ["daily_insolation"]},
+                          training={"max_steps": 2, "init_from": {"model": "sunny", "checkpoint": "last", "seed": 0}})
+    again = Trainer(reseeded, seed=3, ctx=SINGLE)
+    first = Trainer(sunny, seed=0, ctx=SINGLE)
+    for mine, theirs in zip(again.model.state_dict().values(), first.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert again.directory.name == "seed-3"
+    with pytest.raises(MyriadError, match=r"init_from: .*sunny/seed-1/last.pt does not exist .*seed 1"):
+        Trainer(config_for(store, tmp_path, "unseeded", model={"forcings": ["daily_insolation"]}, training={
+            "max_steps": 2, "init_from": {"model": "sunny", "checkpoint": "last", "seed": 1}}), seed=0, ctx=SINGLE)
+
     with pytest.raises(MyriadError, match=r"init_from: .*plain/seed-0/best.pt does not exist"):
         Trainer(config_for(store, tmp_path, "orphan", training={"max_steps": 2, "init_from": {"model": "plain"}}),
                 seed=0, ctx=SINGLE)

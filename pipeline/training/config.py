@@ -244,13 +244,18 @@ class PeriodConfig(StrictModel):
 
 class InitFromConfig(StrictModel):
     """Start a new run from the weights of another trained model (:mod:`pipeline.training.warm_start`):
-    ``<run_dir>/checkpoints/<model>[-<stage>]/seed-<k>/<checkpoint>.pt`` of the same seed and stage."""
+    ``<run_dir>/checkpoints/<model>[-<stage>]/seed-<k>/<checkpoint>.pt`` of the same stage and seed
+    (or of ``seed``)."""
 
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """The trained model's ``model.name``."""
     run_dir: Path | None = None
     """Its run directory; default: this config's ``run_dir``."""
     checkpoint: Literal["best", "last"] = "best"
+    seed: int | None = None
+    """The trained model's seed to start every seed of this run from; default: each seed from its own.
+    Several new seeds from one trained seed differ in data order and dropout only: the spread that
+    fine-tuning alone gives."""
 
 
 class TrainingConfig(StrictModel):

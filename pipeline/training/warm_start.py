@@ -8,7 +8,7 @@ optimiser, the learning-rate schedule (warm-up, then the cosine over this
 run's budget), the step count and ``best.pt`` start anew.
 
 The checkpoint is ``<run_dir>/checkpoints/<model>[-<stage>]/seed-<k>/<best|last>.pt``
-of the same seed and (for DYffusion) the same stage. Its network must be the
+of the same seed (or of ``init_from.seed``) and (for DYffusion) the same stage. Its network must be the
 one this config builds, with the same channels, static fields, grid and
 normalisation, except that this config may **append forcings**
 (:mod:`models.forcings`) and may switch **wind_vectors** on or off. Forcings
@@ -49,7 +49,8 @@ SET_BY_TRAINER = ("output_std", "seasonal_coefficients", "seasonal_step_seconds"
 
 
 def init_checkpoint_path(config: MyriadConfig, stage: str | None, seed: int) -> Path | None:
-    """The checkpoint file ``training.init_from`` names for this stage and seed (None when unset).
+    """The checkpoint file ``training.init_from`` names for this stage and seed (None when unset):
+    the source's seed is ``init_from.seed`` when set, otherwise ``seed``.
 
     Raises
     ------
@@ -61,11 +62,13 @@ def init_checkpoint_path(config: MyriadConfig, stage: str | None, seed: int) -> 
         return None
     model = config.model.model_copy(update={"name": init.model})
     run_dir = init.run_dir if init.run_dir is not None else config.run_dir
-    path = seed_directory(run_dir, model.checkpoint_name(stage), seed) / f"{init.checkpoint}.pt"
+    source_seed = seed if init.seed is None else init.seed
+    path = seed_directory(run_dir, model.checkpoint_name(stage), source_seed) / f"{init.checkpoint}.pt"
     if not path.is_file():
         what = f"the {stage} stage of " if stage is not None else ""
         raise MyriadError(f"training.init_from: {path} does not exist (no {init.checkpoint}.pt of {what}model "
-                          f"{init.model!r}, seed {seed}, under {run_dir}); train that model first or fix init_from")
+                          f"{init.model!r}, seed {source_seed}, under {run_dir}); train that model first or fix "
+                          "init_from")
     return path
 
 
