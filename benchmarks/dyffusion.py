@@ -52,6 +52,10 @@ configs/dyffusion-quickstart.yaml``).
 ``--sampler jump`` runs the climate and drift parts with DYffusion's jump
 sampler (one forecaster call per chain, :mod:`models.dyffusion`) instead of
 the cold sampler; their JSON entries record which (``dyffusion_sampler``).
+``--mass-budget-correction`` enforces the planet's zonal mass budget on every
+emitted step of both parts (:mod:`pipeline.ensemble.mass_budget`, the
+ensemble's ``mass_budget_correction``); their entries record it with the RMS
+of the ``v500`` shifts it made.
 
     python benchmarks/dyffusion.py                                   # all four, 10 years
     python benchmarks/dyffusion.py --skip-climate --skip-drift       # cost and skill only
@@ -61,6 +65,8 @@ the cold sampler; their JSON entries record which (``dyffusion_sampler``).
         --reference-store runs/climate-seed1/analysis.zarr                # with the noise floor
     python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
         --sampler jump --members 1                                        # the jump sampler's climate
+    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \
+        --skip-drift --sampler jump --members 2 --mass-budget-correction   # with the planet's mass budget
 
 Prints tables and writes ``benchmarks/results/dyffusion.json`` (parts not
 run keep their previous figures).
@@ -87,6 +93,7 @@ from pipeline.config import MyriadConfig, PlanetSourceConfig, load_config
 from pipeline.data.sources.planet_budget import balanced_geopotential_flux, equilibrium_zonal_geopotential, mean_seasonal_factor
 from pipeline.data.store import open_analysis
 from pipeline.ensemble.inputs import resolve_checkpoint
+from pipeline.ensemble.mass_budget import MassBudgetCorrection
 from pipeline.grid import Grid, latitude_weights
 from pipeline.training.forecast import Forecaster
 
@@ -275,15 +282,17 @@ def analysis_climate(store: Path, channels: tuple[str, ...], grid: Grid, steps_p
 
 def climate_run(forecaster: Forecaster, x0: torch.Tensor, valid: np.datetime64, members: int, n_steps: int,
                 steps_per_year: int, channels: tuple[str, ...], grid: Grid,
-                on_year: Callable[[int, float], None], sampling: bool = True) -> tuple[ClimateSums, bool, int]:
+                on_year: Callable[[int, float], None], sampling: bool = True,
+                constraint: MassBudgetCorrection | None = None) -> tuple[ClimateSums, bool, int]:
     """Free rollout of ``members`` members from ``x0``; ``sampling``: each member draws its own dropout masks
-    (without, the interpolator's dropout is off and the members are identical)."""
+    (without, the interpolator's dropout is off and the members are identical); ``constraint`` corrects every step."""
     sums = ClimateSums(channels, grid)
     x = x0.expand(members, -1, -1, -1).contiguous()
     finite, done = True, 0
     step_seconds = forecaster.step_hours * 3600.0
     first = float(posix_seconds(valid))
-    for state in forecaster.rollout(x, n_steps, generators(members, 7) if sampling else None, time=valid):
+    for state in forecaster.rollout(x, n_steps, generators(members, 7) if sampling else None, time=valid,
+                                    constraint=constraint):
         done += 1
         if not torch.isfinite(state).all():
             finite = False
@@ -390,6 +399,22 @@ def judge(model: dict) -> dict:
             "tolerance": {"kinetic_energy_ratio": list(KE_RATIO_TOLERANCE), "zonal_mean_rms_bias_relative": ZONAL_BIAS_TOLERANCE}}
 
 
+def budget_correction(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace) -> MassBudgetCorrection | None:
+    """The planet's mass-budget correction of ``forecaster``'s steps when ``--mass-budget-correction`` is given."""
+    if not args.mass_budget_correction:
+        return None
+    if not isinstance(config.source, PlanetSourceConfig):
+        raise SystemExit(f"--mass-budget-correction: the mass budget is the planet's; {config.source.kind} is not")
+    info = forecaster.info
+    return MassBudgetCorrection(config.source, info.channels, info.normalisation, np.asarray(info.grid.latitudes),
+                                info.time_step_hours * 3600.0)
+
+
+def correction_record(correction: MassBudgetCorrection | None) -> dict:
+    """JSON entries of a corrected run: the flag and the RMS of its ``v500`` shifts (m/s)."""
+    return {} if correction is None else {"mass_budget_correction": True, "v500_shift_rms": correction.shift_rms}
+
+
 def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], args: argparse.Namespace) -> dict:
     config = configs["dyffusion"]
     info = models["dyffusion"].info
@@ -418,11 +443,12 @@ def climate(configs: dict[str, MyriadConfig], models: dict[str, Forecaster], arg
         out["noise_floor"].update(judge(out["noise_floor"]))
     for name in args.climate_models:
         clock = time.perf_counter()
+        correction = budget_correction(config, models[name], args)
         sums, finite, done = climate_run(models[name], x0, start, args.members, n_steps, steps_per_year, channels, grid,
                                          lambda year, ke, name=name: logger.info("%s: year %d, KE %.4g", name, year, ke),
-                                         sampling=not args.no_sampling_dropout)
+                                         sampling=not args.no_sampling_dropout, constraint=correction)
         out[name] = {"finite": finite, "steps_done": done, "seconds": time.perf_counter() - clock,
-                     **bias_table(sums, truth, grid, source)}
+                     **correction_record(correction), **bias_table(sums, truth, grid, source)}
         out[name].update(judge(out[name]))
     return out
 
@@ -457,10 +483,11 @@ def drift(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace
     inits = np.unique(np.linspace(0, last_init, args.drift_inits).round().astype(int))
     errors = np.zeros((len(leads), len(channels), grid.nlat))
     squares = np.zeros_like(errors)
+    correction = budget_correction(config, forecaster, args)
     for first in range(0, len(inits), args.batch):
         rows = inits[first:first + args.batch]
         states = forecaster.rollout(torch.from_numpy(values[rows]), max(leads), generators(len(rows), 1000 + first),
-                                    time=record.time.values[rows])
+                                    time=record.time.values[rows], constraint=correction)
         for step, state in enumerate(states, start=1):
             if step in leads:
                 error = state.double().mean(dim=-1).numpy() - values[rows + step].mean(axis=-1)  # (batch, channel, lat)
@@ -471,7 +498,8 @@ def drift(config: MyriadConfig, forecaster: Forecaster, args: argparse.Namespace
     w = latitude_weights(grid.latitudes)
     planet = analysis_climate(config.analysis_path, channels, grid).zonal_mean()
     out: dict = {"lead_hours": list(args.drift_lead_hours), "inits": len(inits), "members_per_init": 1,
-                 "period": [str(record.time.values[inits[0]])[:16], str(record.time.values[inits[-1]])[:16]]}
+                 "period": [str(record.time.values[inits[0]])[:16], str(record.time.values[inits[-1]])[:16]],
+                 **correction_record(correction)}
     for k, channel in enumerate(channels):
         rms = [zonal_rms(errors[j, k], w) for j in range(len(leads))]
         scale = zonal_contrast(planet[k], w)
@@ -518,6 +546,8 @@ def print_report(result: dict) -> None:
                    else f"{c['years']} years, finite {v['finite']} ({v['steps_done']} steps, {v['seconds']:.0f} s)"
                    + (f", {c['dyffusion_sampler']} sampler" if name == "dyffusion" and "dyffusion_sampler" in c else ""))
             print(f"{name}: {run}, KE ratio {v.get('kinetic_energy_ratio', float('nan')):.3g}, within the stated bias: {v['within_stated_bias']}")
+            if v.get("mass_budget_correction"):
+                print(f"  mass budget enforced on every step: v500 shifted by {v['v500_shift_rms']:.3g} m/s RMS")
             for channel in result.get("channels", []):
                 b = v[channel]
                 print(f"  {channel:<8} global mean {b['global_mean_model']:.5g} vs {b['global_mean_planet']:.5g} "
@@ -535,7 +565,8 @@ def print_report(result: dict) -> None:
     if "drift" in result:
         d = result["drift"]
         print(f"drift: zonal-mean RMS bias / the planet's zonal contrast by lead "
-              f"({d['inits']} inits, {d['period'][0]} to {d['period'][1]}, {d.get('dyffusion_sampler', 'cold')} sampler)")
+              f"({d['inits']} inits, {d['period'][0]} to {d['period'][1]}, {d.get('dyffusion_sampler', 'cold')} sampler"
+              + (", mass budget enforced" if d.get("mass_budget_correction") else "") + ")")
         print(f"  {'channel':<8} " + " ".join(f"{f'{h} h':>8}" for h in d["lead_hours"]))
         for channel in result.get("channels", []):
             print(f"  {channel:<8} " + " ".join(f"{r:>8.3f}" for r in d[channel]["zonal_mean_rms_bias_relative"]))
@@ -556,6 +587,8 @@ def main() -> None:
                         help="climate run with the interpolator's dropout off: deterministic DYffusion members")
     parser.add_argument("--sampler", choices=SAMPLERS, default="cold",
                         help="DYffusion's sampler: the paper's cold sampling, or one forecaster jump per chain")
+    parser.add_argument("--mass-budget-correction", action="store_true",
+                        help="enforce the planet's zonal mass budget on every step of the climate and drift runs")
     parser.add_argument("--no-sfno", action="store_true",
                         help="cost part without the SFNO: DYffusion's cold and jump samplers only")
     parser.add_argument("--reference-store", type=Path, default=None,

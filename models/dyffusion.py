@@ -76,6 +76,9 @@ Interpolate = Callable[..., torch.Tensor]
 """``I(x_t, x_end, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
 Forecast = Callable[..., torch.Tensor]
 """``F(x_s, i, time=t)`` with ``i`` of shape ``(B,)`` (fraction of the horizon), ``t`` the chain's start time or None."""
+Constraint = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``C(x_n, x_{n+1}, t_{n+1})``: the emitted state ``x_{n+1}`` (after ``x_n``, valid at POSIX seconds ``t_{n+1}``,
+shape ``(B,)``) made to satisfy a known constraint, e.g. :class:`pipeline.ensemble.mass_budget.MassBudgetCorrection`."""
 
 DEFAULT_TIME_SCALE = 100.0
 
@@ -303,22 +306,31 @@ class ColdSampler:
             yield x
 
     def rollout(self, x0: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
-                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
+                step_seconds: float | None = None, constraint: Constraint | None = None) -> Iterator[torch.Tensor]:
         """Yield ``n_steps`` successive states from ``x0``, chaining ``h``-step chains.
 
         Each chain starts from the last state of the previous one (the state
         at ``t + h``); the last chain stops after the steps still wanted.
         ``time`` (POSIX seconds of ``x0``, shape ``(B,)``) advances by ``h *
-        step_seconds`` from chain to chain.
+        step_seconds`` from chain to chain. ``constraint`` (which needs
+        ``time``) is applied to every emitted state, so the constrained end
+        of a chain starts the next; inside a chain the sampler goes on from
+        its own states.
         """
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         if time is not None and step_seconds is None:
             raise ValueError("a rollout with valid times needs step_seconds (the model's time step)")
+        if constraint is not None and time is None:
+            raise ValueError("a constrained rollout needs valid times")
         start = x0
         remaining = n_steps
         while remaining > 0:
-            for state in self._chain(start, min(self.horizon, remaining), time):
+            previous = start
+            for s, state in enumerate(self._chain(start, min(self.horizon, remaining), time)):
+                if constraint is not None:
+                    state = constraint(previous, state, time + (s + 1) * step_seconds)
+                    previous = state
                 remaining -= 1
                 yield state
             start = state
@@ -370,6 +382,6 @@ class DYffusion(nn.Module):
         return next(self.sampler.chain(x, time))
 
     def rollout(self, x: torch.Tensor, n_steps: int, time: torch.Tensor | None = None,
-                step_seconds: float | None = None) -> Iterator[torch.Tensor]:
+                step_seconds: float | None = None, constraint: Constraint | None = None) -> Iterator[torch.Tensor]:
         """``n_steps`` emitted states from ``x`` (see :meth:`ColdSampler.rollout`)."""
-        return self.sampler.rollout(x, n_steps, time, step_seconds)
+        return self.sampler.rollout(x, n_steps, time, step_seconds, constraint)

@@ -25,6 +25,7 @@ from pipeline.diagnostics.run import open_inputs
 from pipeline.data.store import open_analysis
 from pipeline.ensemble.generator import generate_ensemble, regenerate_member
 from pipeline.ensemble.inputs import resolve_checkpoint
+from pipeline.ensemble.mass_budget import MassBudgetCorrection
 from pipeline.errors import MyriadError
 from pipeline.training.calibration import CALIBRATION_FILE
 from pipeline.training.checkpoint import (
@@ -401,3 +402,47 @@ def test_long_runs_store_window_means_of_the_steps(run: dict, tmp_path: Path) ->
                                 ensemble={**every, "name": f"bad{window}", "time_mean_hours": window}))
         with pytest.raises(MyriadError, match=f"ensemble.time_mean_hours: {window} h .*{message}"):
             generate_ensemble(bad, progress=False)
+
+
+# ---------------------------------------------------------------------- the planet's mass budget
+
+
+def test_a_budget_corrected_ensemble_closes_the_budget_at_every_stored_step(run: dict, tmp_path: Path) -> None:
+    one = {**run["ensemble"], "samples": 1, "n_steps": 6, "init_times": run["ensemble"]["init_times"][:1],
+           "output_channels": ["z500", "v500"]}
+    plain = xr.open_zarr(generate_ensemble(load_config(write(run, tmp_path / "plain.yaml", ensemble={**one, "name": "plain"})),
+                                           progress=False).store_path, consolidated=False)
+    config = load_config(write(run, tmp_path / "budget.yaml",
+                               ensemble={**one, "name": "budget", "mass_budget_correction": True}))
+    budget = xr.open_zarr(generate_ensemble(config, progress=False).store_path, consolidated=False)
+    assert budget.attrs["mass_budget_correction"] == 1 and plain.attrs["mass_budget_correction"] == 0
+    info = Forecaster.from_checkpoint(resolve_checkpoint(config.ensemble.checkpoints[0]), bf16=False).info
+    correction = MassBudgetCorrection(config.source, info.channels, info.normalisation,
+                                      np.asarray(info.grid.latitudes), info.time_step_hours * 3600.0)
+    seconds = posix_seconds(budget["init_time"].values[0] + budget["lead_time"].values, budget.sizes["lead_time"]).numpy()
+    residuals = {}
+    for name, store in (("plain", plain), ("budget", budget)):
+        z, v = store["z500"].values[0], store["v500"].values[0]  # (member, lead, lat, lon)
+        assert np.isfinite(z).all() and np.isfinite(v).all()
+        z, v = z.astype(np.float64), v.astype(np.float64)
+        residuals[name] = np.sqrt(np.mean([correction.residual(z[m, :-1], z[m, 1:], v[m, 1:], seconds[1:]) ** 2
+                                           for m in range(z.shape[0])]))
+    # stored as float32: the corrected states close it to rounding, the free ones miss it by far more
+    assert residuals["budget"] < 1e-3 < 0.1 * residuals["plain"], residuals
+    # v500 alone moves; the corrected end of the first chain (h = 2) starts the second
+    np.testing.assert_array_equal(budget["z500"].values[:, :, :3], plain["z500"].values[:, :, :3])
+    assert not np.array_equal(budget["v500"].values[:, :, 1], plain["v500"].values[:, :, 1])
+    assert not np.array_equal(budget["z500"].values[:, :, 3:], plain["z500"].values[:, :, 3:])
+    # a corrected ensemble does not reuse an uncorrected store
+    with pytest.raises(MyriadError, match="was made for a different plan/config"):
+        generate_ensemble(load_config(write(run, tmp_path / "reuse.yaml", ensemble={
+            **one, "name": "plain", "mass_budget_correction": True})), progress=False)
+
+
+def test_the_mass_budget_correction_is_refused_for_a_source_other_than_the_planet(run: dict, tmp_path: Path) -> None:
+    era5 = {**merged(run, ensemble={**run["ensemble"], "name": "era5-budget", "mass_budget_correction": True}),
+            "source": {"kind": "arco"}}
+    with pytest.raises(MyriadError, match="ensemble.mass_budget_correction: the mass budget is the embedded planet's .*"
+                                          "source is arco"):
+        generate_ensemble(write_config(tmp_path / "era5.yaml", era5), progress=False)
+    assert not (Path(run["run_dir"]) / "ensembles" / "era5-budget.zarr").exists()

@@ -89,6 +89,14 @@ class EnsembleConfig(StrictModel):
     and a steadier 10-year climate on the planet (README, Stage 5), but its chain ends are
     deterministic, so it takes ``samples: 1``, and its weather ensembles, though more accurate
     in the mean, are under-dispersive (a higher CRPS than cold's from day 3 on the planet)."""
+    mass_budget_correction: bool = False
+    """Enforce the planet's zonal mass budget on every emitted step of the members' forecasts
+    (:mod:`pipeline.ensemble.mass_budget`): each state's ``v500`` is shifted along each latitude
+    row so that its zonal-mean geopotential flux is the one the planet's relaxation and the
+    layer's tendency imply. Planet sources only (it uses the planet's forcing); needs the
+    channels z500 and v500; the breeding cycles are not corrected. With it every channel of the
+    seasonal DYffusion model's 10-year runs on the planet is within the stated bias (README,
+    Stage 5, "Long runs")."""
     include_control: bool = False
     """Give each checkpoint an unperturbed control member (member 0 is checkpoint 0's)."""
     member_block: int = Field(32, ge=1)

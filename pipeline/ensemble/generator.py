@@ -154,7 +154,8 @@ class MemberForecaster:
         rollouts = [
             self.cache.get(self.inputs.checkpoint_files[c]).rollout(
                 s, self.inputs.n_steps,
-                [torch.Generator(self.device).manual_seed(plan.sampling_seed(m, t0)) for m in members], time=t0)
+                [torch.Generator(self.device).manual_seed(plan.sampling_seed(m, t0)) for m in members], time=t0,
+                constraint=self.inputs.constraints[c])
             for (c, members), s in zip(groups, states)
         ]
         window = self.inputs.steps_per_output

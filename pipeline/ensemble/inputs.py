@@ -15,6 +15,7 @@ written:
 - output and seed channels are model channels;
 - ``samples > 1`` only with checkpoints that have Monte Carlo dropout;
 - ``time_mean_hours`` is a multiple of the time step dividing the forecast length;
+- ``mass_budget_correction`` only for a planet source and a model with z500 and v500;
 - every init time is an analysis time, and so are its ``K`` breeding times
   ``t0 - K dt, ..., t0 - dt`` (:func:`pipeline.ensemble.bred_vectors.breeding_times`).
 
@@ -40,7 +41,7 @@ import xarray as xr
 
 from models.dyffusion import DYffusion
 from models.sfno import has_dropout
-from pipeline.config import MyriadConfig
+from pipeline.config import MyriadConfig, PlanetSourceConfig
 from pipeline.data.store import format_time, open_analysis
 from pipeline.ensemble.bred_vectors import (
     bred_vector_target,
@@ -48,6 +49,7 @@ from pipeline.ensemble.bred_vectors import (
     non_negative_mask,
 )
 from pipeline.ensemble.config import EnsembleConfig
+from pipeline.ensemble.mass_budget import REQUIRED_CHANNELS, MassBudgetCorrection
 from pipeline.ensemble.plan import EnsemblePlan
 from pipeline.ensemble.seeds import InitTime, canonical_init_time
 from pipeline.errors import MyriadError
@@ -182,6 +184,8 @@ class EnsembleInputs:
     """Hash of what else determines the data (checkpoints, calibrations, perturbation settings, analysis)."""
     frames: AnalysisFrames
     """The analysis store's initial states and breeding analyses."""
+    constraints: tuple[MassBudgetCorrection | None, ...]
+    """Per checkpoint: the correction applied to every emitted step (``ensemble.mass_budget_correction``), or None."""
     store_attrs: dict[str, Any] = field(default_factory=dict)
     steps_per_output: int = 1
     """Model steps averaged into each stored lead after lead 0 (1: every step is stored)."""
@@ -294,6 +298,33 @@ def _check_samples(settings: EnsembleConfig, files: Sequence[Path], cache: Check
             )
 
 
+def mass_budget_corrections(config: MyriadConfig, files: Sequence[Path], cache: CheckpointCache,
+                            step: timedelta) -> tuple[MassBudgetCorrection | None, ...]:
+    """Per checkpoint, its :class:`MassBudgetCorrection` when ``ensemble.mass_budget_correction`` is set.
+
+    Raises
+    ------
+    MyriadError
+        The source is not the planet, or the model lacks z500 or v500.
+    """
+    if not ensemble_section(config).mass_budget_correction:
+        return tuple(None for _ in files)
+    key = "ensemble.mass_budget_correction"
+    if not isinstance(config.source, PlanetSourceConfig):
+        raise MyriadError(f"{key}: the mass budget is the embedded planet's (its forcing and relaxation); this run's "
+                          f"source is {config.source.kind}: set it to false")
+    corrections = []
+    for file in files:
+        info = cache.info(file)
+        missing = [c for c in REQUIRED_CHANNELS if c not in info.channels]
+        if missing:
+            raise MyriadError(f"{key}: the budget needs the channels {list(REQUIRED_CHANNELS)}; {file} lacks {missing} "
+                              f"(its channels: {list(info.channels)})")
+        corrections.append(MassBudgetCorrection(config.source, info.channels, info.normalisation,
+                                                np.asarray(info.grid.latitudes), step.total_seconds()))
+    return tuple(corrections)
+
+
 def steps_per_output(settings: EnsembleConfig, step: timedelta) -> int:
     """Model steps per stored lead: ``time_mean_hours / dt`` (1 without time means).
 
@@ -351,6 +382,7 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
     _check_init_times(plan, frames, config.analysis_path)
     _check_samples(settings, files, cache)
     per_output = steps_per_output(settings, step)
+    constraints = mass_budget_corrections(config, files, cache, step)
 
     calibrations = [load_calibration(f.parent) for f in files]
     for file, calibration in zip(files, calibrations):
@@ -368,6 +400,7 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         "model_channels": list(channels),
         # only when set, so the stores of cold-sampled ensembles keep their keys
         **({"dyffusion_sampler": settings.dyffusion_sampler} if settings.dyffusion_sampler != "cold" else {}),
+        **({"mass_budget_correction": True} if settings.mass_budget_correction else {}),
     }
     content_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     lead_times = (np.arange(0, settings.n_steps + 1, per_output)
@@ -381,6 +414,7 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         "perturbation": json.dumps(settings.perturbation.model_dump(mode="json"), sort_keys=True),
         "include_control": int(settings.include_control),
         "samples": settings.samples,
+        "mass_budget_correction": int(settings.mass_budget_correction),
     }
     if settings.time_mean_hours is not None:
         attrs["time_mean_hours"] = settings.time_mean_hours
@@ -403,4 +437,5 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
         frames=frames,
         store_attrs=attrs,
         steps_per_output=per_output,
+        constraints=constraints,
     )

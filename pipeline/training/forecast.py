@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.dyffusion import DYffusion
+from models.dyffusion import Constraint, DYffusion
 from models.forcings import posix_seconds
 from models.sfno import SFNO, dropout_generators
 from pipeline.data.channels import is_non_negative
@@ -154,12 +154,14 @@ class Forecaster:
 
     @torch.no_grad()
     def rollout_normalised(self, z: torch.Tensor, n_steps: int, generators: Sequence[torch.Generator] | None = None,
-                           time: object = None) -> Iterator[torch.Tensor]:
+                           time: object = None, constraint: Constraint | None = None) -> Iterator[torch.Tensor]:
         """Yield ``n_steps`` successive normalised states (float32) from ``z`` valid at ``time``.
 
         Each yielded state has its non-negative channels clipped (:meth:`clip`);
         the rollout continues from the model's unclipped state. ``generators`` (one per batch row) draw the Monte Carlo dropout masks of
-        a stochastic model; without them an eval-mode model is deterministic.
+        a stochastic model; without them an eval-mode model is deterministic. ``constraint`` (which needs
+        ``time`` and the model's time step) is applied to every model step before it is clipped and continued from
+        (a DYffusion model applies it inside its sampler: :meth:`models.dyffusion.ColdSampler.rollout`).
         """
         z = z.to(self.device)
         seconds = self._seconds(time, z.shape[0])
@@ -167,19 +169,24 @@ class Forecaster:
             if self.takes_time:
                 raise ValueError("this model has forcings or a seasonal cycle: a rollout with valid times needs the forecaster's step_hours")
             seconds = None  # the model ignores valid times; nothing to advance
+        if constraint is not None and seconds is None:
+            raise ValueError("a constrained rollout needs valid times and the forecaster's step_hours")
         own = getattr(self.model, "rollout", None)
-        states = (own(z, n_steps, seconds, self.step_seconds) if own is not None
-                  else self._iterate(z, n_steps, seconds))
+        states = (own(z, n_steps, seconds, self.step_seconds, constraint) if own is not None
+                  else self._iterate(z, n_steps, seconds, constraint))
         for _ in range(n_steps):
             with dropout_generators(generators), self.autocast():
                 z = next(states).float()
             yield self.clip(z)
 
-    def _iterate(self, z: torch.Tensor, n_steps: int, seconds: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    def _iterate(self, z: torch.Tensor, n_steps: int, seconds: torch.Tensor | None,
+                 constraint: Constraint | None) -> Iterator[torch.Tensor]:
         for _ in range(n_steps):
-            z = self.model(z, time=seconds).float()
+            previous, z = z, self.model(z, time=seconds).float()
             if seconds is not None:
                 seconds = seconds + self.step_seconds
+            if constraint is not None:
+                z = constraint(previous, z, seconds)
             yield z
 
     @torch.no_grad()
@@ -190,8 +197,8 @@ class Forecaster:
 
     @torch.no_grad()
     def rollout(self, state: torch.Tensor, n_steps: int, generators: Sequence[torch.Generator] | None = None,
-                time: object = None) -> Iterator[torch.Tensor]:
+                time: object = None, constraint: Constraint | None = None) -> Iterator[torch.Tensor]:
         """Yield the physical states after 1, 2, ..., ``n_steps`` steps from ``state`` (see :meth:`rollout_normalised`)."""
         z = self.normalisation.normalise(state.to(self.device, torch.float32))
-        for step in self.rollout_normalised(z, n_steps, generators, time):
+        for step in self.rollout_normalised(z, n_steps, generators, time, constraint):
             yield self.normalisation.denormalise(step)

@@ -31,25 +31,34 @@ from pipeline.data.sources.planet_forcing import DAY_SECONDS, JUNE_SOLSTICE
 from pipeline.grid import EARTH_RADIUS_M
 
 
-def mean_seasonal_factor(times: np.ndarray, year_days: float) -> float:
-    """Mean over ``times`` (datetime64) of the planet's seasonal factor ``s(t) = cos(2 pi (t - t_solstice) / Y)``."""
+def seasonal_factor(times: np.ndarray, year_days: float) -> np.ndarray:
+    """The planet's seasonal factor ``s(t) = cos(2 pi (t - t_solstice) / Y)`` at each of ``times`` (datetime64)."""
     seconds = (np.asarray(times, dtype="datetime64[ns]") - np.datetime64(JUNE_SOLSTICE, "ns")) / np.timedelta64(1, "s")
-    return float(np.mean(np.cos(2.0 * np.pi * seconds / (year_days * DAY_SECONDS))))
+    return np.cos(2.0 * np.pi * seconds / (year_days * DAY_SECONDS))
 
 
-def equilibrium_zonal_geopotential(latitudes: np.ndarray, source: PlanetSourceConfig, seasonal_factor: float = 0.0) -> np.ndarray:
+def mean_seasonal_factor(times: np.ndarray, year_days: float) -> float:
+    """Mean over ``times`` (datetime64) of the planet's seasonal factor (:func:`seasonal_factor`)."""
+    return float(np.mean(seasonal_factor(times, year_days)))
+
+
+def equilibrium_zonal_geopotential(latitudes: np.ndarray, source: PlanetSourceConfig,
+                                   seasonal_factor: float | np.ndarray = 0.0) -> np.ndarray:
     """Degrees l >= 1 of the planet's equilibrium geopotential (m2 s-2) on ``latitudes`` (degrees), averaged over a
-    record whose mean seasonal factor is ``seasonal_factor``: ``g dH [(1/3 - sin^2 phi) + A s sin phi]``."""
+    record whose mean seasonal factor is ``seasonal_factor``: ``g dH [(1/3 - sin^2 phi) + A s sin phi]``.
+
+    An array of factors of shape ``(..., 1)`` gives one profile per factor, shape ``(..., nlat)``."""
     sin_lat = np.sin(np.deg2rad(np.asarray(latitudes, dtype=np.float64)))
     contrast = GRAVITY * source.equator_pole_contrast_m
-    return contrast * ((1.0 / 3.0 - sin_lat**2) + source.seasonal_amplitude * seasonal_factor * sin_lat)
+    return contrast * ((1.0 / 3.0 - sin_lat**2) + source.seasonal_amplitude * np.asarray(seasonal_factor) * sin_lat)
 
 
 def balanced_geopotential_flux(zonal_geopotential: np.ndarray, equilibrium: np.ndarray, latitudes: np.ndarray,
                                relaxation_days: float) -> np.ndarray:
     """The time-mean northward geopotential flux ``[Phi v]`` (m3 s-3) on ``latitudes`` (degrees, any order, poles
     included or not) that balances the relaxation of the time-mean zonal-mean geopotential ``zonal_geopotential``
-    towards ``equilibrium`` (module docstring).
+    towards ``equilibrium`` (module docstring). Both profiles may carry leading axes, ``(..., nlat)``; each
+    profile is balanced on its own.
 
     Finite volumes on the latitude rows: cell edges half-way between rows and at the poles, cell areas
     ``dsin``; ``D`` has its area-weighted mean removed, so the transport is zero at both poles. The transport at
@@ -61,12 +70,15 @@ def balanced_geopotential_flux(zonal_geopotential: np.ndarray, equilibrium: np.n
     phi = np.deg2rad(lat[order])
     edges = np.concatenate([[-0.5 * np.pi], 0.5 * (phi[1:] + phi[:-1]), [0.5 * np.pi]])
     area = np.diff(np.sin(edges))
-    departure = (np.asarray(zonal_geopotential, dtype=np.float64) - np.asarray(equilibrium, dtype=np.float64))[order]
-    departure = departure - np.sum(departure * area) / np.sum(area)
+    departure = (np.asarray(zonal_geopotential, dtype=np.float64) - np.asarray(equilibrium, dtype=np.float64))[..., order]
+    departure = departure - (departure @ area)[..., None] / np.sum(area)
     tau = relaxation_days * DAY_SECONDS
-    transport = np.cumsum(-(EARTH_RADIUS_M / tau) * departure * area)[:-1]  # at the inner edges
-    flux_edges = np.concatenate([[0.0], transport / np.cos(edges[1:-1]), [0.0]])
-    flux_sorted = np.interp(phi, edges, flux_edges)
+    transport = np.cumsum(-(EARTH_RADIUS_M / tau) * departure * area, axis=-1)[..., :-1]  # at the inner edges
+    zero = np.zeros((*transport.shape[:-1], 1))
+    flux_edges = np.concatenate([zero, transport / np.cos(edges[1:-1]), zero], axis=-1)
+    # row k lies between edges k and k + 1
+    towards_north = (phi - edges[:-1]) / np.diff(edges)
+    flux_sorted = (1.0 - towards_north) * flux_edges[..., :-1] + towards_north * flux_edges[..., 1:]
     flux = np.empty_like(flux_sorted)
-    flux[order] = flux_sorted
+    flux[..., order] = flux_sorted
     return flux
