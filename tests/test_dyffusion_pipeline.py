@@ -407,32 +407,39 @@ def test_long_runs_store_window_means_of_the_steps(run: dict, tmp_path: Path) ->
 # ---------------------------------------------------------------------- the planet's mass budget
 
 
+def stored_budget_residual(store: xr.Dataset, correction: MassBudgetCorrection) -> float:
+    """RMS over members, steps and latitudes of the budget's miss (m/s) in the stored z500 and v500 of init 0."""
+    seconds = posix_seconds(store["init_time"].values[0] + store["lead_time"].values, store.sizes["lead_time"]).numpy()
+    z, v = store["z500"].values[0].astype(np.float64), store["v500"].values[0].astype(np.float64)  # (member, lead, ...)
+    assert np.isfinite(z).all() and np.isfinite(v).all()
+    return float(np.sqrt(np.mean([correction.residual(z[m, :-1], z[m, 1:], v[m, 1:], seconds[1:]) ** 2
+                                  for m in range(z.shape[0])])))
+
+
 def test_a_budget_corrected_ensemble_closes_the_budget_at_every_stored_step(run: dict, tmp_path: Path) -> None:
     one = {**run["ensemble"], "samples": 1, "n_steps": 6, "init_times": run["ensemble"]["init_times"][:1],
            "output_channels": ["z500", "v500"]}
-    plain = xr.open_zarr(generate_ensemble(load_config(write(run, tmp_path / "plain.yaml", ensemble={**one, "name": "plain"})),
-                                           progress=False).store_path, consolidated=False)
-    config = load_config(write(run, tmp_path / "budget.yaml",
-                               ensemble={**one, "name": "budget", "mass_budget_correction": True}))
-    budget = xr.open_zarr(generate_ensemble(config, progress=False).store_path, consolidated=False)
+    sfno = {**one, "checkpoints": [str(Path(run["run_dir"]) / "checkpoints" / "tiny" / "seed-0")]}
+    stores = {}
+    for name, settings in (("plain", one), ("budget", {**one, "mass_budget_correction": True}),
+                           ("sfno-plain", sfno), ("sfno-budget", {**sfno, "mass_budget_correction": True})):
+        config = load_config(write(run, tmp_path / f"{name}.yaml", ensemble={**settings, "name": name}))
+        stores[name] = xr.open_zarr(generate_ensemble(config, progress=False).store_path, consolidated=False)
+    plain, budget = stores["plain"], stores["budget"]
     assert budget.attrs["mass_budget_correction"] == 1 and plain.attrs["mass_budget_correction"] == 0
     info = Forecaster.from_checkpoint(resolve_checkpoint(config.ensemble.checkpoints[0]), bf16=False).info
     correction = MassBudgetCorrection(config.source, info.channels, info.normalisation,
                                       np.asarray(info.grid.latitudes), info.time_step_hours * 3600.0)
-    seconds = posix_seconds(budget["init_time"].values[0] + budget["lead_time"].values, budget.sizes["lead_time"]).numpy()
-    residuals = {}
-    for name, store in (("plain", plain), ("budget", budget)):
-        z, v = store["z500"].values[0], store["v500"].values[0]  # (member, lead, lat, lon)
-        assert np.isfinite(z).all() and np.isfinite(v).all()
-        z, v = z.astype(np.float64), v.astype(np.float64)
-        residuals[name] = np.sqrt(np.mean([correction.residual(z[m, :-1], z[m, 1:], v[m, 1:], seconds[1:]) ** 2
-                                           for m in range(z.shape[0])]))
+    residuals = {name: stored_budget_residual(store, correction) for name, store in stores.items()}
     # stored as float32: the corrected states close it to rounding, the free ones miss it by far more
-    assert residuals["budget"] < 1e-3 < 0.1 * residuals["plain"], residuals
-    # v500 alone moves; the corrected end of the first chain (h = 2) starts the second
+    assert max(residuals["budget"], residuals["sfno-budget"]) < 1e-3 < 0.1 * min(residuals["plain"], residuals["sfno-plain"]), residuals
+    # v500 alone moves; the corrected end of DYffusion's first chain (h = 2) starts the second, and every
+    # corrected SFNO step the next
     np.testing.assert_array_equal(budget["z500"].values[:, :, :3], plain["z500"].values[:, :, :3])
     assert not np.array_equal(budget["v500"].values[:, :, 1], plain["v500"].values[:, :, 1])
     assert not np.array_equal(budget["z500"].values[:, :, 3:], plain["z500"].values[:, :, 3:])
+    np.testing.assert_array_equal(stores["sfno-budget"]["z500"].values[:, :, :2], stores["sfno-plain"]["z500"].values[:, :, :2])
+    assert not np.array_equal(stores["sfno-budget"]["z500"].values[:, :, 2], stores["sfno-plain"]["z500"].values[:, :, 2])
     # a corrected ensemble does not reuse an uncorrected store
     with pytest.raises(MyriadError, match="was made for a different plan/config"):
         generate_ensemble(load_config(write(run, tmp_path / "reuse.yaml", ensemble={
