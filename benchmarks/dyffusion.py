@@ -65,7 +65,7 @@ of the ``v500`` shifts it made.
         --reference-store runs/climate-seed1/analysis.zarr                # with the noise floor
     python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
         --sampler jump --members 1                                        # the jump sampler's climate
-    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \
+    python benchmarks/dyffusion.py --dyffusion-config configs/dyffusion-climate.yaml --skip-cost --skip-skill \\
         --skip-drift --sampler jump --members 2 --mass-budget-correction   # with the planet's mass budget
 
 Prints tables and writes ``benchmarks/results/dyffusion.json`` (parts not

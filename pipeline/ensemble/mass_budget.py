@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from pipeline.config import PlanetSourceConfig
-from pipeline.training.normalisation import Normalisation
 from pipeline.data.sources.planet_budget import balanced_geopotential_flux, equilibrium_zonal_geopotential, seasonal_factor
 from pipeline.data.sources.planet_forcing import DAY_SECONDS
+from pipeline.training.normalisation import Normalisation
 
 REQUIRED_CHANNELS = ("z500", "v500")
 """The budget's channels: the layer's geopotential and the meridional wind."""
