@@ -405,9 +405,7 @@ def budget_correction(config: MyriadConfig, forecaster: Forecaster, args: argpar
         return None
     if not isinstance(config.source, PlanetSourceConfig):
         raise SystemExit(f"--mass-budget-correction: the mass budget is the planet's; {config.source.kind} is not")
-    info = forecaster.info
-    return MassBudgetCorrection(config.source, info.channels, info.normalisation, np.asarray(info.grid.latitudes),
-                                info.time_step_hours * 3600.0)
+    return MassBudgetCorrection.for_checkpoint(config.source, forecaster.info)
 
 
 def correction_record(correction: MassBudgetCorrection | None) -> dict:

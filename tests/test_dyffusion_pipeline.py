@@ -428,8 +428,8 @@ def test_a_budget_corrected_ensemble_closes_the_budget_at_every_stored_step(run:
     plain, budget = stores["plain"], stores["budget"]
     assert budget.attrs["mass_budget_correction"] == 1 and plain.attrs["mass_budget_correction"] == 0
     info = Forecaster.from_checkpoint(resolve_checkpoint(config.ensemble.checkpoints[0]), bf16=False).info
-    correction = MassBudgetCorrection(config.source, info.channels, info.normalisation,
-                                      np.asarray(info.grid.latitudes), info.time_step_hours * 3600.0)
+    correction = MassBudgetCorrection.for_checkpoint(config.source, info)
+    assert correction.step_seconds == 6 * 3600.0 and correction.latitudes.tolist() == list(info.grid.latitudes)
     residuals = {name: stored_budget_residual(store, correction) for name, store in stores.items()}
     # stored as float32: the corrected states close it to rounding, the free ones miss it by far more
     assert max(residuals["budget"], residuals["sfno-budget"]) < 1e-3 < 0.1 * min(residuals["plain"], residuals["sfno-plain"]), residuals

@@ -298,8 +298,8 @@ def _check_samples(settings: EnsembleConfig, files: Sequence[Path], cache: Check
             )
 
 
-def mass_budget_corrections(config: MyriadConfig, files: Sequence[Path], cache: CheckpointCache,
-                            step: timedelta) -> tuple[MassBudgetCorrection | None, ...]:
+def mass_budget_corrections(config: MyriadConfig, files: Sequence[Path],
+                            cache: CheckpointCache) -> tuple[MassBudgetCorrection | None, ...]:
     """Per checkpoint, its :class:`MassBudgetCorrection` when ``ensemble.mass_budget_correction`` is set.
 
     Raises
@@ -320,8 +320,7 @@ def mass_budget_corrections(config: MyriadConfig, files: Sequence[Path], cache: 
         if missing:
             raise MyriadError(f"{key}: the budget needs the channels {list(REQUIRED_CHANNELS)}; {file} lacks {missing} "
                               f"(its channels: {list(info.channels)})")
-        corrections.append(MassBudgetCorrection(config.source, info.channels, info.normalisation,
-                                                np.asarray(info.grid.latitudes), step.total_seconds()))
+        corrections.append(MassBudgetCorrection.for_checkpoint(config.source, info))
     return tuple(corrections)
 
 
@@ -382,7 +381,7 @@ def prepare_inputs(config: MyriadConfig, cache: CheckpointCache) -> EnsembleInpu
     _check_init_times(plan, frames, config.analysis_path)
     _check_samples(settings, files, cache)
     per_output = steps_per_output(settings, step)
-    constraints = mass_budget_corrections(config, files, cache, step)
+    constraints = mass_budget_corrections(config, files, cache)
 
     calibrations = [load_calibration(f.parent) for f in files]
     for file, calibration in zip(files, calibrations):

@@ -45,6 +45,7 @@ import torch
 from pipeline.config import PlanetSourceConfig
 from pipeline.data.sources.planet_budget import balanced_geopotential_flux, equilibrium_zonal_geopotential, seasonal_factor
 from pipeline.data.sources.planet_forcing import DAY_SECONDS
+from pipeline.training.checkpoint import CheckpointInfo
 from pipeline.training.normalisation import Normalisation
 
 REQUIRED_CHANNELS = ("z500", "v500")
@@ -90,6 +91,12 @@ class MassBudgetCorrection:
         self.squared_shift_sum = 0.0
         """Sum over corrected states of the mean squared ``v500`` shift (m2 s-2)."""
         self._lock = threading.Lock()  # an ensemble's work units may run on several threads
+
+    @classmethod
+    def for_checkpoint(cls, source: PlanetSourceConfig, info: CheckpointInfo) -> MassBudgetCorrection:
+        """The correction of a trained model's steps: its channels, normalisation, grid and time step."""
+        return cls(source, info.channels, info.normalisation, np.asarray(info.grid.latitudes),
+                   info.time_step_hours * 3600.0)
 
     @property
     def shift_rms(self) -> float:
